@@ -1,0 +1,208 @@
+"""ModelConfig: the hyperparameters of a Qwen2 / Qwen2.5 / Qwen3 decoder.
+
+Built from (and written back to) a Hugging Face ``config.json``. Only what the
+decoder implements is accepted: a feature that would change the numbers (sliding
+window attention, an unimplemented RoPE scaling, another activation) raises a
+ConfigError naming the field and its value instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+
+class ConfigError(ValueError):
+    """A configuration field has a value this library cannot honour."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of the decoder; field names follow Hugging Face's Qwen2Config.
+
+    dtype is the compute dtype (activations, matmul inputs); param_dtype is the
+    storage dtype of the weights. Whatever dtype is chosen, RoPE angles, RMSNorm
+    statistics, attention softmax and reranking scores are computed in float32.
+    remat: "none" keeps all activations, "full" recomputes each layer in the
+    backward pass, "dots"/"dots_with_no_batch_dims" save only matmul outputs.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    model_type: str = "qwen2"
+    max_position_embeddings: int = 32768
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = True
+    qk_norm: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in COMPUTE_DTYPES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {COMPUTE_DTYPES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head (1 = multi-head attention)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Qwen3's attention_bias also covers o_proj; Qwen2 never has an o_proj bias."""
+        return self.model_type == "qwen3" and self.attention_bias
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ HF interop
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> "ModelConfig":
+        """From an HF config dict, a config.json path, or a checkpoint folder."""
+        source = "config"
+        if not isinstance(config, Mapping):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "config.json"
+            source = str(path)
+            try:
+                config = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"{path}: no config.json found") from None
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        return cls(**_fields_from_hf(dict(config), source), **overrides)
+
+    def to_hf(self) -> dict[str, Any]:
+        """The config.json dict that transformers reads for this model."""
+        arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
+        out: dict[str, Any] = {
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "dtype": self.param_dtype,
+            "use_cache": True,
+        }
+        if self.model_type == "qwen3":
+            out["attention_bias"] = self.attention_bias
+        return out
+
+
+def _fields_from_hf(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    def fail(field: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{source}: field {field!r} = {value!r} is not supported; expected {expected}")
+
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise fail("model_type", model_type, f"one of {SUPPORTED_MODEL_TYPES}")
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise ConfigError(f"{source}: missing required field(s) {missing}")
+
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise fail("hidden_act", cfg["hidden_act"], "'silu'")
+    if cfg.get("use_sliding_window", False):
+        raise fail("use_sliding_window", cfg["use_sliding_window"], "false (sliding-window attention is not implemented)")
+    layer_types = cfg.get("layer_types")
+    if layer_types and any(t != "full_attention" for t in layer_types):
+        raise fail("layer_types", sorted(set(layer_types)), "only 'full_attention' layers")
+    if cfg.get("attention_dropout", 0.0):
+        raise fail("attention_dropout", cfg["attention_dropout"], "0.0 (attention dropout is not implemented)")
+    if cfg.get("quantization_config"):
+        raise fail("quantization_config", cfg["quantization_config"].get("quant_method"), "no quantization (dequantize first)")
+    if cfg.get("use_mrope", False):
+        raise fail("use_mrope", cfg["use_mrope"], "false")
+
+    rope_theta = cfg.get("rope_theta")
+    # transformers 5 moved RoPE settings into rope_parameters; older files have rope_scaling.
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = cfg.get(key)
+        if not rope:
+            continue
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise fail(f"{key}.rope_type", kind, "'default' (no RoPE scaling is implemented)")
+        if "rope_theta" in rope:
+            if rope_theta is not None and float(rope["rope_theta"]) != float(rope_theta):
+                raise ConfigError(
+                    f"{source}: rope_theta={rope_theta} disagrees with {key}.rope_theta={rope['rope_theta']}"
+                )
+            rope_theta = rope["rope_theta"]
+    if rope_theta is None:
+        rope_theta = 10000.0
+
+    heads = int(cfg["num_attention_heads"])
+    head_dim = cfg.get("head_dim") or int(cfg["hidden_size"]) // heads
+    is_qwen3 = model_type == "qwen3"
+    attention_bias = bool(cfg.get("attention_bias", False)) if is_qwen3 else True
+    return dict(
+        model_type=model_type,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=int(cfg["hidden_size"]),
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_hidden_layers=int(cfg["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
+        rope_theta=float(rope_theta),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=attention_bias,
+        qk_norm=is_qwen3,
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_id=cfg.get("eos_token_id"),
+        pad_token_id=cfg.get("pad_token_id"),
+    )

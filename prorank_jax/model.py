@@ -1,0 +1,359 @@
+"""The Qwen2 / Qwen2.5 / Qwen3 decoder as pure functions over a params pytree.
+
+The params pytree mirrors Hugging Face's module names, so conversion is a table
+(see hf.py)::
+
+    {"model": {"embed_tokens": {"embedding": [V, D]},
+               "layers": {...stacked on a leading layer axis by nn.scan...},
+               "norm": {"weight": [D]}},
+     "lm_head": {"kernel": [D, V]}}          # absent when embeddings are tied
+
+Linen modules hold the layer math; the public functions below (forward_hidden,
+logits_at, token_logprobs, ...) are what the rest of the library calls. None of
+them materialises [batch, length, vocab] logits except full_logits, which exists
+for tests and small vocabularies.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prorank_jax.config import ModelConfig
+
+Params = Any
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+    return _DTYPES[name]
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer for decoding; a pytree, so it can be donated.
+
+    k, v: [layers, batch, max_len, kv_heads, head_dim]; valid: [batch, max_len]
+    marks slots that hold a real (non-padding) token; index: next slot to write;
+    next_position: the RoPE position of each sequence's next token.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+    next_position: jax.Array
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int) -> KVCache:
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    dtype = dtype_of(config.dtype)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        valid=jnp.zeros((batch, max_len), bool),
+        index=jnp.zeros((), jnp.int32),
+        next_position=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+# ----------------------------------------------------------------------------- blocks
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the weight multiply; same order here.
+        return weight.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape [batch, length, head_dim] in float32 for integer positions."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate [batch, length, heads, head_dim] by the half-split convention of HF."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+        c = self.config
+        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        batch, length, _ = x.shape
+
+        def proj(features, name, bias):
+            return nn.Dense(features, use_bias=bias, dtype=dtype, param_dtype=pdtype, name=name)
+
+        q = proj(c.num_attention_heads * c.head_dim, "q_proj", c.attention_bias)(x)
+        k = proj(c.num_key_value_heads * c.head_dim, "k_proj", c.attention_bias)(x)
+        v = proj(c.num_key_value_heads * c.head_dim, "v_proj", c.attention_bias)(x)
+        q = q.reshape(batch, length, c.num_attention_heads, c.head_dim)
+        k = k.reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        v = v.reshape(batch, length, c.num_key_value_heads, c.head_dim)
+        if c.qk_norm:
+            q = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="q_norm")(q)
+            k = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="k_norm")(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        new_cache = None
+        if layer_cache is not None:
+            cache_k, cache_v = layer_cache
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+            new_cache = (k, v)
+        # GQA is handled inside dot_product_attention (query heads grouped per kv head);
+        # logits and softmax run in float32 there whatever the input dtype.
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
+        return proj(c.hidden_size, "o_proj", c.o_proj_bias)(out), new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dense = lambda f, name: nn.Dense(  # noqa: E731
+            f, use_bias=False, dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype), name=name
+        )
+        gate = dense(c.intermediate_size, "gate_proj")(x)
+        up = dense(c.intermediate_size, "up_proj")(x)
+        return dense(c.hidden_size, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block; called by nn.scan as (carry, per-layer input) -> (carry, output)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, hidden, layer_cache, cos, sin, mask, cache_index):
+        c = self.config
+        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        normed = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(hidden)
+        attn, new_cache = Attention(c, name="self_attn")(normed, cos, sin, mask, layer_cache, cache_index)
+        hidden = hidden + attn
+        normed = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(hidden)
+        hidden = hidden + MLP(c, name="mlp")(normed)
+        return hidden, new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class QwenModel(nn.Module):
+    """Embedding, scanned decoder layers, final norm; HF's Qwen2Model / Qwen3Model."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids, positions, mask, cache_kv=None, cache_index=None):
+        c = self.config
+        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed_tokens")
+        hidden = embed(input_ids)
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+
+        layer_cls = DecoderLayer
+        if c.remat != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+        # Scanning keeps compile time flat in depth: one layer is traced, params gain a layer axis.
+        layers = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_hidden_layers,
+        )(c, name="layers")
+        hidden, new_cache_kv = layers(hidden, cache_kv, cos, sin, mask, cache_index)
+        hidden = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="norm")(hidden)
+        return hidden, new_cache_kv
+
+
+# ----------------------------------------------------------------------------- functions
+def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> Params:
+    """Random params with HF's layout (normal(0, init_std) matrices, zero biases, unit norms)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1, 1, 1), bool)
+    model_params = QwenModel(config).init(rng, ids, ids, mask)["params"]
+
+    def reinit(path, leaf):
+        name = path[-1].key
+        if name in ("kernel", "embedding"):
+            key = jax.random.fold_in(rng, zlib.crc32(jax.tree_util.keystr(path).encode()) % (2**31))
+            return (init_std * jax.random.normal(key, leaf.shape, jnp.float32)).astype(leaf.dtype)
+        return leaf
+
+    params = {"model": jax.tree_util.tree_map_with_path(reinit, model_params)}
+    if not config.tie_word_embeddings:
+        key = jax.random.fold_in(rng, 7)
+        kernel = init_std * jax.random.normal(key, (config.hidden_size, config.vocab_size), jnp.float32)
+        params["lm_head"] = {"kernel": kernel.astype(dtype_of(config.param_dtype))}
+    return params
+
+
+def positions_from_mask(attention_mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+    """Per-sequence positions that start at `start` on the first real token (left padding)."""
+    mask = attention_mask.astype(jnp.int32)
+    positions = jnp.cumsum(mask, axis=-1) - 1
+    return jnp.maximum(positions, 0) + jnp.asarray(start, jnp.int32)[..., None]
+
+
+def forward_hidden(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    positions: jax.Array | None = None,
+    cache: KVCache | None = None,
+) -> tuple[jax.Array, KVCache | None]:
+    """Final-norm hidden states [batch, length, hidden] (and the updated cache).
+
+    attention_mask [batch, length] marks real tokens (left padding is 0). Without a
+    cache, token t attends to real tokens s <= t. With a cache the new tokens are
+    written at slots [cache.index, cache.index + length) and attend to every valid
+    slot up to their own.
+    """
+    attention_mask = attention_mask.astype(bool)
+    length = input_ids.shape[1]
+    if cache is None:
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        mask = causal[None, None] & attention_mask[:, None, None, :]
+        hidden, _ = QwenModel(config).apply({"params": params["model"]}, input_ids, positions, mask)
+        return hidden, None
+
+    if positions is None:
+        positions = positions_from_mask(attention_mask, cache.next_position)
+    valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
+    max_len = cache.valid.shape[1]
+    query_slots = cache.index + jnp.arange(length)
+    causal = jnp.arange(max_len)[None, :] <= query_slots[:, None]
+    mask = causal[None, None] & valid[:, None, None, :]
+    hidden, (new_k, new_v) = QwenModel(config).apply(
+        {"params": params["model"]}, input_ids, positions, mask, (cache.k, cache.v), cache.index
+    )
+    new_cache = KVCache(
+        k=new_k,
+        v=new_v,
+        valid=valid,
+        index=cache.index + length,
+        next_position=cache.next_position + attention_mask.sum(axis=-1).astype(jnp.int32),
+    )
+    return hidden, new_cache
+
+
+def lm_head_kernel(params: Params, config: ModelConfig) -> jax.Array:
+    """The [hidden, vocab] output projection (the embedding, transposed, when tied)."""
+    if config.tie_word_embeddings:
+        return params["model"]["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def lm_head_columns(params: Params, config: ModelConfig, token_ids) -> jax.Array:
+    """Only the output-projection columns of `token_ids`: [hidden, len(token_ids)]."""
+    token_ids = jnp.asarray(token_ids)
+    if config.tie_word_embeddings:
+        return params["model"]["embed_tokens"]["embedding"][token_ids].T
+    return params["lm_head"]["kernel"][:, token_ids]
+
+
+def logits_at(params: Params, config: ModelConfig, hidden: jax.Array, index: jax.Array) -> jax.Array:
+    """Float32 logits at one position per sequence: hidden [B, T, D], index [B] -> [B, V]."""
+    picked = jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+    return _project(picked, lm_head_kernel(params, config), config)
+
+
+def last_hidden(hidden: jax.Array) -> jax.Array:
+    """Hidden state of the last position, which is the last real token under left padding."""
+    return hidden[:, -1]
+
+
+def _project(hidden: jax.Array, kernel: jax.Array, config: ModelConfig) -> jax.Array:
+    dtype = dtype_of(config.dtype)
+    return jnp.dot(hidden.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def full_logits(params: Params, config: ModelConfig, input_ids, attention_mask) -> jax.Array:
+    """[B, T, V] float32 logits. For tests and tiny vocabularies only."""
+    hidden, _ = forward_hidden(params, config, input_ids, attention_mask)
+    return _project(hidden, lm_head_kernel(params, config), config)
+
+
+def token_logprobs(
+    params: Params,
+    config: ModelConfig,
+    hidden: jax.Array,
+    targets: jax.Array,
+    temperature: float = 1.0,
+    chunk_size: int = 128,
+) -> jax.Array:
+    """log softmax(h_t W / temperature)[targets_t] for every position, float32 [B, T].
+
+    Logits are formed one chunk of positions at a time, so peak memory is
+    [B, chunk_size, V] rather than [B, T, V].
+    """
+    batch, length, dim = hidden.shape
+    chunk = min(chunk_size, length)
+    pad = (-length) % chunk
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    n_chunks = hidden.shape[1] // chunk
+    kernel = lm_head_kernel(params, config)
+    h_chunks = hidden.reshape(batch, n_chunks, chunk, dim).swapaxes(0, 1)
+    t_chunks = targets.reshape(batch, n_chunks, chunk).swapaxes(0, 1)
+
+    def one_chunk(args):
+        h, t = args
+        logits = _project(h, kernel, config) / temperature
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    out = jax.lax.map(one_chunk, (h_chunks, t_chunks))
+    return out.swapaxes(0, 1).reshape(batch, -1)[:, :length]
+
+
+def sequence_logprobs(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    temperature: float = 1.0,
+    chunk_size: int = 128,
+) -> jax.Array:
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) for t < T-1, float32 [B, T-1]."""
+    hidden, _ = forward_hidden(params, config, input_ids, attention_mask)
+    return token_logprobs(params, config, hidden[:, :-1], input_ids[:, 1:], temperature, chunk_size)
+
+
+def count_params(params: Params) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,163 @@
+"""One mesh ("data", "fsdp", "tensor") and one table from logical to mesh axes.
+
+Every parameter gets logical axes from its name (PARAM_LOGICAL_AXES); the rule
+table (ShardingRules) maps logical axes to mesh axes. Batches are split over
+("data", "fsdp"). Changing a parallelism strategy means changing the rules,
+never the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Param name (the last two path entries) -> logical axes of its (unstacked) shape.
+PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("q_proj", "kernel"): ("embed", "heads"),
+    ("k_proj", "kernel"): ("embed", "kv_heads"),
+    ("v_proj", "kernel"): ("embed", "kv_heads"),
+    ("o_proj", "kernel"): ("heads", "embed"),
+    ("q_proj", "bias"): ("heads",),
+    ("k_proj", "bias"): ("kv_heads",),
+    ("v_proj", "bias"): ("kv_heads",),
+    ("o_proj", "bias"): ("embed",),
+    ("gate_proj", "kernel"): ("embed", "mlp"),
+    ("up_proj", "kernel"): ("embed", "mlp"),
+    ("down_proj", "kernel"): ("mlp", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+NORM_AXES = ("norm",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Logical axis -> mesh axis (or tuple of mesh axes, or None for replicated).
+
+    Defaults: FSDP shards the embed dimension of every matrix, tensor parallelism
+    shards heads / mlp / vocab, the stacked layer axis and norms stay replicated,
+    and batches are split over data and fsdp together. A dimension whose size does
+    not divide by its mesh axes is replicated instead (say, a 7-head model on a
+    tensor axis of 2), which keeps tiny test models shardable on any mesh.
+    """
+
+    rules: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {
+            "batch": ("data", "fsdp"),
+            "length": None,
+            "vocab": "tensor",
+            "embed": "fsdp",
+            "heads": "tensor",
+            "kv_heads": "tensor",
+            "mlp": "tensor",
+            "layers": None,
+            "norm": None,
+        }
+    )
+
+    def mesh_axes(self, logical: str):
+        if logical not in self.rules:
+            raise KeyError(f"no sharding rule for logical axis {logical!r}; rules cover {sorted(self.rules)}")
+        return self.rules[logical]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh; one of the sizes may be -1 for "the rest"."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh shape {sizes}: {len(devices)} devices do not divide by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs {math.prod(sizes)} devices, "
+            f"have {len(devices)}"
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def param_logical_axes(path: tuple, ndim: int) -> tuple[str, ...]:
+    """Logical axes of one param from its pytree path; stacked layer params get "layers" first."""
+    names = tuple(getattr(k, "key", getattr(k, "name", str(k))) for k in path)
+    if names[-1] == "weight":
+        axes = NORM_AXES
+    else:
+        key = names[-2:]
+        if key not in PARAM_LOGICAL_AXES:
+            raise KeyError(f"no logical axes for parameter {'/'.join(names)}; add it to PARAM_LOGICAL_AXES")
+        axes = PARAM_LOGICAL_AXES[key]
+    if "layers" in names:
+        axes = ("layers",) + axes
+    if len(axes) != ndim:
+        raise ValueError(f"parameter {'/'.join(names)} has {ndim} dims but logical axes {axes}")
+    return axes
+
+
+def spec_for(shape: Sequence[int], logical: Sequence[str], mesh: Mesh, rules: ShardingRules) -> P:
+    parts = []
+    used: set[str] = set()
+    for size, name in zip(shape, logical):
+        axes = rules.mesh_axes(name)
+        axes_tuple = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        axes_tuple = tuple(a for a in axes_tuple if mesh.shape[a] > 1 and a not in used)
+        ways = math.prod(mesh.shape[a] for a in axes_tuple)
+        if not axes_tuple or size % ways:
+            parts.append(None)
+            continue
+        used.update(axes_tuple)
+        parts.append(axes_tuple[0] if len(axes_tuple) == 1 else axes_tuple)
+    return P(*parts)
+
+
+def param_shardings(params, mesh: Mesh, rules: ShardingRules | None = None):
+    """NamedSharding for every leaf of params (arrays or jax.ShapeDtypeStruct)."""
+    rules = rules or ShardingRules()
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, spec_for(x.shape, param_logical_axes(path, len(x.shape)), mesh, rules)),
+        params,
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: ShardingRules | None = None) -> NamedSharding:
+    """Leading (batch) axis over the batch rule's mesh axes; the rest replicated."""
+    rules = rules or ShardingRules()
+    axes = rules.mesh_axes("batch")
+    return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh, rules: ShardingRules | None = None) -> int:
+    """How many ways the batch axis is split: batch sizes must be a multiple of it."""
+    axes = (rules or ShardingRules()).mesh_axes("batch")
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: ShardingRules | None = None) -> dict:
+    """Place a host batch (all processes' rows when single-process) on the mesh."""
+    return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v), rules)) for k, v in batch.items()}
+
+
+def describe_shardings(params, shardings) -> list[str]:
+    """One line per parameter: path, shape, dtype, partition spec (for --dry-run output)."""
+    lines = []
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    flat_s = jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, x), s in zip(flat, flat_s):
+        name = "/".join(getattr(k, "key", str(k)) for k in path)
+        lines.append(f"{name:60s} {str(tuple(x.shape)):22s} {str(x.dtype):9s} {s.spec}")
+    return lines

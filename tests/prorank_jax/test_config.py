@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from transformers import Qwen2Config, Qwen3Config
+
+from prorank_jax.config import ConfigError, ModelConfig
+
+
+def hf_dict(cls=Qwen2Config, **kw):
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    base.update(kw)
+    return cls(**base).to_dict()
+
+
+def test_qwen2_fields_from_transformers_dict():
+    cfg = ModelConfig.from_hf(hf_dict(rope_theta=12345.0, tie_word_embeddings=True))
+    assert (cfg.model_type, cfg.head_dim, cfg.rope_theta, cfg.tie_word_embeddings) == ("qwen2", 8, 12345.0, True)
+    assert cfg.attention_bias and not cfg.qk_norm and cfg.num_groups == 2
+
+
+def test_qwen3_explicit_head_dim_and_qk_norm():
+    cfg = ModelConfig.from_hf(hf_dict(Qwen3Config, head_dim=16))
+    assert cfg.head_dim == 16 and cfg.qk_norm and not cfg.attention_bias
+
+
+def test_round_trip_through_hf_config_objects(tmp_path):
+    for cls, kw in [(Qwen2Config, {}), (Qwen3Config, dict(head_dim=16, attention_bias=True))]:
+        cfg = ModelConfig.from_hf(hf_dict(cls, rope_theta=777.0, **kw))
+        (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf()))
+        reloaded = (Qwen2Config if cls is Qwen2Config else Qwen3Config).from_pretrained(tmp_path)
+        assert reloaded.rope_parameters["rope_theta"] == 777.0
+        assert reloaded.num_key_value_heads == 2
+        assert ModelConfig.from_hf(reloaded.to_dict()) == cfg
+        assert ModelConfig.from_hf(tmp_path) == cfg
+
+
+def test_legacy_top_level_rope_theta():
+    d = hf_dict()
+    d.pop("rope_parameters")
+    d["rope_theta"] = 1e6
+    assert ModelConfig.from_hf(d).rope_theta == 1e6
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(use_sliding_window=True, sliding_window=128), "use_sliding_window"),
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "rope_parameters.rope_type"),
+        (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling.rope_type"),
+        (dict(model_type="llama"), "model_type"),
+        (dict(hidden_act="gelu"), "hidden_act"),
+        (dict(attention_dropout=0.1), "attention_dropout"),
+        (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
+    ],
+)
+def test_unsupported_features_name_the_field(change, field):
+    d = hf_dict()
+    d.update(change)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        ModelConfig.from_hf(d)
+
+
+def test_bad_file_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        ModelConfig.from_hf(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2",\n oops}')
+    with pytest.raises(ConfigError, match=r"config.json:2"):
+        ModelConfig.from_hf(tmp_path)
+    with pytest.raises(ConfigError, match="multiple of num_key_value_heads"):
+        ModelConfig.from_hf(hf_dict(num_key_value_heads=3))
+    with pytest.raises(ConfigError, match="remat"):
+        ModelConfig.from_hf(hf_dict(), remat="sometimes")

@@ -1,0 +1,78 @@
+"""JSON Lines reading with line numbers, and atomic file writing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from prorank_jax.data.errors import DataError
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for every non-blank line of a JSONL file.
+
+    Line numbers are 1-based and count blank lines too, so they match what an
+    editor shows. A line that is not valid UTF-8, not valid JSON, or not a JSON
+    object raises DataError naming the file and line.
+    """
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})", line_number) from None
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"invalid JSON: {e.msg} (column {e.colno})", line_number) from None
+            if not isinstance(row, dict):
+                raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line_number)
+            yield line_number, row
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Open ``path`` for writing text so that readers never see a partial file.
+
+    Writes go to a temporary file in the same folder (so the final rename stays
+    on one filesystem), which replaces ``path`` only when the block exits
+    without an exception; on failure the temporary file is removed and any
+    previous ``path`` is left untouched.
+    """
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write ``rows`` as one JSON object per line, atomically; return the count.
+
+    Non-ASCII text is written as UTF-8 rather than escaped so files stay readable.
+    """
+    count = 0
+    with atomic_text_writer(path) as f:
+        for row in rows:
+            if not isinstance(row, dict):
+                raise TypeError(
+                    f"write_jsonl({os.fspath(path)!r}): row {count} is a {type(row).__name__}, expected a dict"
+                )
+            f.write(json.dumps(row, ensure_ascii=False))
+            f.write("\n")
+            count += 1
+    return count

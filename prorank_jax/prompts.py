@@ -1,0 +1,303 @@
+"""The reranking prompt, token for token as mxbai-rerank 0.1.6 (`MxbaiRerankV2`) builds it.
+
+Shared by stage 1 (GRPO rollouts), stage 2 (score learning) and inference, so that a
+model trained here scores exactly the ids mxbai-rerank would feed it.
+
+Layout (each piece tokenized on its own with add_special_tokens=False, ids concatenated):
+
+    PREFIX  +  query_ids  +  SEP + document_ids  +  SEP + TASK_PROMPT  +  SUFFIX
+
+where query_ids encode ONE string, "instruction: {i}\\nquery: {q}" (or "query: {q}"
+without an instruction), and document_ids encode "document: {d}".
+
+Truncation rules (mxbai's, transcribed; the template pieces are never cut):
+  * max_length is lowered to model_max_length - template_length when the two overflow.
+  * the query string is cut to max_length * 3 // 4 tokens;
+  * the document string is cut to min(model_max_length - len(query_ids) - template_length,
+    max_length) tokens;
+  * then SEP + document_ids (the "second sequence") is cut so that
+    len(query_ids) + len(SEP + document_ids) <= max_length ("only_second").
+Cuts happen on the tokenizer's `truncation_side` ("right" for Qwen), as HF's own
+truncation would.
+
+The score of a pair is logit(yes_id) - logit(no_id) at the last position, where yes_id /
+no_id are the first ids of "1" / "0". `sigmoid_normalize` maps it to (0, 1) as mxbai's
+`normalize=True` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+CHAT_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+CHAT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+SEP = "\n"
+INSTRUCTION_TEMPLATE = "instruction: {instruction}"
+QUERY_TEMPLATE = "query: {query}"
+DOCUMENT_TEMPLATE = "document: {document}"
+TASK_PROMPT = (
+    "You are a search relevance expert who evaluates how well documents match search queries. "
+    "For each query-document pair, carefully analyze the semantic relationship between them, "
+    "then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+YES_TEXT = "1"
+NO_TEXT = "0"
+CHAT_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+# mxbai's own table (estimated_max_cfg in mxbai_rerank_v2.py): the typical top raw score of
+# each released checkpoint, so that sigmoid(score - max/2) spreads scores over (0, 1).
+ESTIMATED_MAX_BY_MODEL: Mapping[str, float] = MappingProxyType(
+    {
+        "mixedbread-ai/mxbai-rerank-base-v2": 9.0,
+        "mixedbread-ai/mxbai-rerank-large-v2": 12.0,
+    }
+)
+# What MxbaiRerankV2 falls back to for any other model id (not utils' 9.0 default).
+DEFAULT_ESTIMATED_MAX = 12.0
+
+# Below this mxbai's 3/4 query budget degenerates (max_length 1 gives the query 0 tokens).
+MIN_MAX_LENGTH = 4
+
+
+def estimated_max_for(model_id: str | None) -> float:
+    """mxbai's estimated maximum score for a hub id, DEFAULT_ESTIMATED_MAX when unknown."""
+    if model_id is None:
+        return DEFAULT_ESTIMATED_MAX
+    return ESTIMATED_MAX_BY_MODEL.get(model_id, DEFAULT_ESTIMATED_MAX)
+
+
+def sigmoid_normalize(scores: Any, estimated_max: float = DEFAULT_ESTIMATED_MAX) -> np.ndarray:
+    """sigmoid(score - estimated_max / 2), mxbai's `normalize=True` mapping, in float64 numpy.
+
+    Written as 1 / (1 + exp(-x)) like mxbai; numpy returns 0.0 (with an overflow
+    warning suppressed) for very negative x instead of NaN, which is the right limit.
+    """
+    x = np.asarray(scores, dtype=np.float64) - float(estimated_max) / 2.0
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def query_text(query: str, instruction: str | None = None) -> str:
+    """The query piece as one string; an empty or None instruction means none (as mxbai)."""
+    text = QUERY_TEMPLATE.format(query=query)
+    if instruction:
+        text = INSTRUCTION_TEMPLATE.format(instruction=instruction) + SEP + text
+    return text
+
+
+def document_text(document: str) -> str:
+    return DOCUMENT_TEMPLATE.format(document=document)
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """One prompt's ids (no padding) and whether mxbai's rules cut the query or document."""
+
+    input_ids: tuple[int, ...]
+    query_truncated: bool
+    document_truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _cut(ids: list[int], keep: int, side: str) -> list[int]:
+    """Keep `keep` ids, dropping from `side` as HF truncation does."""
+    keep = max(keep, 0)
+    if len(ids) <= keep:
+        return ids
+    return ids[len(ids) - keep :] if side == "left" else ids[:keep]
+
+
+def assemble_ids(
+    query_ids: Sequence[int],
+    document_ids: Sequence[int],
+    *,
+    prefix_ids: Sequence[int],
+    sep_ids: Sequence[int],
+    task_ids: Sequence[int],
+    suffix_ids: Sequence[int],
+    max_length: int,
+    model_max_length: int,
+    truncation_side: str = "right",
+) -> EncodedPair:
+    """Apply mxbai's truncation to untruncated query/document ids and join the pieces.
+
+    `max_length` must already be the effective one (lowered for the template).
+    Pure function of ids, so it can be checked without a tokenizer.
+    """
+    template_length = len(prefix_ids) + len(sep_ids) + len(task_ids) + len(suffix_ids)
+    q = _cut(list(query_ids), max_length * 3 // 4, truncation_side)
+    # Kept for fidelity: once max_length fits the model, the only_second cut below is
+    # always at least as tight, so this cut never changes the result on its own.
+    doc_budget = min(model_max_length - len(q) - template_length, max_length)
+    d = _cut(list(document_ids), doc_budget, truncation_side)
+    second = list(sep_ids) + d
+    overflow = len(q) + len(second) - max_length
+    if overflow > 0:
+        second = _cut(second, len(second) - overflow, truncation_side)
+    ids = list(prefix_ids) + q + second + list(sep_ids) + list(task_ids) + list(suffix_ids)
+    return EncodedPair(
+        input_ids=tuple(ids),
+        query_truncated=len(q) < len(query_ids),
+        document_truncated=len(second) < len(sep_ids) + len(document_ids),
+    )
+
+
+def _single_token_id(tokenizer: Any, text: str, why: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if len(ids) != 1 or (unk is not None and ids[0] == unk):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"tokenizer {name!r}: {text!r} must encode to exactly one known token ({why}), "
+            f"but add_special_tokens=False gives ids {ids}"
+        )
+    return ids[0]
+
+
+class RerankPrompt:
+    """Builds mxbai-v2 reranking prompts with one tokenizer; template ids computed once.
+
+    Args:
+      tokenizer: a transformers tokenizer (callable, returns {"input_ids": ...}).
+      max_length: budget for query + separator + document, mxbai's `max_length`
+        (None means model_max_length, as mxbai). Lowered when it plus the template
+        would exceed model_max_length; the effective value is `self.max_length`.
+      model_max_length: the model's position limit (config max_position_embeddings).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int | None, model_max_length: int):
+        if not isinstance(model_max_length, int) or model_max_length <= 0:
+            raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        self.tokenizer = tokenizer
+        for token in CHAT_SPECIAL_TOKENS:
+            _single_token_id(tokenizer, token, "the Qwen chat template needs it as a special token")
+        self.yes_id = _single_token_id(tokenizer, YES_TEXT, "its logit is the 'relevant' score")
+        self.no_id = _single_token_id(tokenizer, NO_TEXT, "its logit is the 'not relevant' score")
+        side = getattr(tokenizer, "truncation_side", "right")
+        if side not in ("left", "right"):
+            raise ValueError(f"tokenizer.truncation_side must be 'left' or 'right', got {side!r}")
+        self.truncation_side = side
+
+        self.prefix_ids = tuple(self._encode(CHAT_PREFIX))
+        self.sep_ids = tuple(self._encode(SEP))
+        self.task_ids = tuple(self._encode(TASK_PROMPT))
+        self.suffix_ids = tuple(self._encode(CHAT_SUFFIX))
+        self.template_length = len(self.prefix_ids) + len(self.sep_ids) + len(self.task_ids) + len(self.suffix_ids)
+
+        self.model_max_length = model_max_length
+        requested = max_length or model_max_length
+        self.max_length = min(requested, model_max_length - self.template_length)
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ValueError(
+                f"model_max_length={model_max_length} leaves max_length={self.max_length} tokens for query and "
+                f"document after the {self.template_length}-token template; need at least {MIN_MAX_LENGTH}"
+            )
+
+    @property
+    def max_total_length(self) -> int:
+        """Longest possible prompt: max_length plus the template (never above model_max_length)."""
+        return self.max_length + self.template_length
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            raise ValueError("tokenizer has no pad_token_id; set tokenizer.pad_token before padding batches")
+        return pad
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _assemble(self, query_ids: Sequence[int], document_ids: Sequence[int]) -> EncodedPair:
+        return assemble_ids(
+            query_ids,
+            document_ids,
+            prefix_ids=self.prefix_ids,
+            sep_ids=self.sep_ids,
+            task_ids=self.task_ids,
+            suffix_ids=self.suffix_ids,
+            max_length=self.max_length,
+            model_max_length=self.model_max_length,
+            truncation_side=self.truncation_side,
+        )
+
+    def encode(self, query: str, document: str, instruction: str | None = None) -> EncodedPair:
+        return self.encode_batch([query], [document], instruction=instruction)[0]
+
+    def encode_batch(
+        self, queries: Sequence[str], documents: Sequence[str], instruction: str | None = None
+    ) -> list[EncodedPair]:
+        """Encode pairs (queries[i], documents[i]); repeated queries are tokenized once."""
+        if len(queries) != len(documents):
+            raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
+        _check_texts("instruction", [instruction] if instruction is not None else [], allow_empty=True)
+        _check_texts("query", queries, allow_empty=False)
+        _check_texts("document", documents, allow_empty=True)
+        unique_queries = list(dict.fromkeys(queries))
+        query_ids = dict(
+            zip(unique_queries, self._encode_many([query_text(q, instruction) for q in unique_queries]))
+        )
+        doc_ids = self._encode_many([document_text(d) for d in documents])
+        return [self._assemble(query_ids[q], d) for q, d in zip(queries, doc_ids)]
+
+
+def _check_texts(field: str, texts: Sequence[Any], *, allow_empty: bool) -> None:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{field} at index {i} must be a str, got {type(text).__name__}")
+        if not allow_empty and not text.strip():
+            raise ValueError(f"{field} at index {i} is empty; a reranking prompt needs a non-empty {field}")
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], length: int, pad_id: int, dtype: Any = np.int32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad id lists to `length`: returns (ids [B, length], attention_mask [B, length]).
+
+    Left padding keeps every prompt's last token at the last column, where the score is read.
+    A sequence longer than `length` is an error, never silently cut.
+    """
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    ids = np.full((len(sequences), length), pad_id, dtype=dtype)
+    mask = np.zeros((len(sequences), length), dtype=dtype)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        if n > length:
+            raise ValueError(f"sequence {row} has {n} tokens, more than the padded length {length}")
+        if n:
+            ids[row, length - n :] = np.asarray(seq, dtype=dtype)
+            mask[row, length - n :] = 1
+    return ids, mask
+
+
+def round_up_length(n: int, multiple: int = 8, cap: int | None = None) -> int:
+    """n rounded up to a multiple (mxbai pads batches to multiples of 8), never above cap.
+
+    The cap is itself rounded down to the multiple, as mxbai's ensure_multiple_of_8 does,
+    unless that would drop below n (then n is returned: no sequence may be cut).
+    """
+    if n < 0 or multiple <= 0:
+        raise ValueError(f"need n >= 0 and multiple > 0, got n={n}, multiple={multiple}")
+    up = -(-n // multiple) * multiple
+    if cap is not None:
+        capped = cap - cap % multiple
+        if up > capped:
+            return max(capped, n)
+    return up

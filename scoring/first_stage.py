@@ -1,0 +1,107 @@
+"""First-stage retrieval (BM25 via bm25s) and the candidate lists handed to the reranker.
+
+BM25 here: bm25s "lucene" variant (k1=1.5, b=0.75 by default), scikit-learn style word
+splitting (lower-cased, tokens of 2+ word characters), bm25s' bundled English stopword
+list, no stemmer (stemming would need PyStemmer; pass any callable list[str] -> list[str]
+as `stemmer` to add one). Scores follow Lucene >= 8: idf = ln(1 + (N - df + .5)/(df + .5))
+and no (k1 + 1) factor in the numerator. Rankings are therefore close to, but not equal
+to, Pyserini's, whose analyzer stems with Porter and uses Lucene's stopword list.
+
+Ordering everywhere is trec_eval's (score descending, ties by doc id descending), so the
+top-k handed to the reranker is exactly the top-k trec_eval scores for the first stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from typing import Callable, Mapping
+
+import bm25s
+import numpy as np
+
+from scoring.metrics import trec_eval_order, validate_run
+
+logger = logging.getLogger(__name__)
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+
+
+def _check_texts(name: str, texts: Mapping[str, str]) -> None:
+    if not isinstance(texts, Mapping):
+        raise TypeError(f"{name} must be a mapping id -> text, got {type(texts).__name__}")
+    for key, text in texts.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise TypeError(f"{name}[{key!r}] must map a str id to a str text, got {type(text).__name__}")
+
+
+def _tokenize(texts: list[str], stemmer: Callable | None) -> list[list[str]]:
+    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+
+
+def top_k_trec_order(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tuple[str, float]]:
+    """The k best (doc id, score) with score > 0, in trec_eval order.
+
+    Zero-score documents share no term with the query; like Lucene we do not return them.
+    """
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        # Keep everything tied with the k-th best so the tie-break below sees all of them.
+        kth = np.partition(scores[positive], len(positive) - k)[len(positive) - k]
+        positive = positive[scores[positive] >= kth]
+    cand = {doc_ids[i]: float(scores[i]) for i in positive}
+    return [(d, cand[d]) for d in trec_eval_order(cand)[:k]]
+
+
+def bm25_run(
+    corpus: Mapping[str, str],
+    queries: Mapping[str, str],
+    k: int,
+    *,
+    k1: float = 1.5,
+    b: float = 0.75,
+    method: str = "lucene",
+    stemmer: Callable | None = None,
+) -> dict[str, dict[str, float]]:
+    """BM25 top-k per query: {query_id: {doc_id: score}}, dicts in trec_eval rank order.
+
+    A query whose terms all miss the corpus vocabulary (or are stopwords) gets an empty
+    dict and a warning; documents scoring 0 are never returned.
+    """
+    _check_k(k)
+    _check_texts("corpus", corpus)
+    _check_texts("queries", queries)
+    if not corpus:
+        raise ValueError("corpus is empty; BM25 needs at least one document")
+    doc_ids = list(corpus)
+    retriever = bm25s.BM25(k1=k1, b=b, method=method)
+    retriever.index(_tokenize([corpus[d] for d in doc_ids], stemmer), show_progress=False)
+
+    qids = list(queries)
+    run: dict[str, dict[str, float]] = {}
+    no_match = []
+    for qid, tokens in zip(qids, _tokenize([queries[q] for q in qids], stemmer)):
+        ids = retriever.get_tokens_ids(tokens)
+        if not ids:
+            no_match.append(qid)
+            run[qid] = {}
+            continue
+        scores = np.asarray(retriever.get_scores_from_ids(ids))
+        run[qid] = dict(top_k_trec_order(scores, doc_ids, k))
+    if no_match:
+        logger.warning(
+            "%d queries share no indexed term with the corpus and get no BM25 candidates: %s",
+            len(no_match),
+            ", ".join(map(repr, no_match[:5])) + (" ..." if len(no_match) > 5 else ""),
+        )
+    return run
+
+
+def rerank_candidates(run: Mapping[str, Mapping[str, float]], k: int) -> dict[str, list[str]]:
+    """Top-k doc ids of each query of a first-stage run, in trec_eval order (deterministic)."""
+    _check_k(k)
+    validate_run(run)
+    return {qid: trec_eval_order(docs)[:k] for qid, docs in run.items()}

@@ -1,0 +1,514 @@
+"""Training checkpoints (orbax) and the run folder around them.
+
+A run folder looks like::
+
+    <out>/run_config.json        the resolved training config (written once)
+    <out>/model_config.json      the HF config.json of the model being trained
+    <out>/tokenizer/             the tokenizer files the run used
+    <out>/checkpoints/<step>/    one orbax checkpoint per saved step:
+        params/                    the params pytree            (StandardSave)
+        opt_state/                 the optax state pytree       (StandardSave)
+        train_meta/                step, RNG key, data-iterator state (JsonSave)
+
+Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp``, writes
+``commit_success.txt`` into it once every item is on disk, then renames it to
+``<step>``. A folder without the suffix and with that file is therefore complete
+unless something damaged it later; ``latest_step`` also checks each item's own
+metadata so a folder with a missing or unreadable item is skipped (with a warning
+naming it) for the previous complete step.
+
+The RNG key is stored as its raw key data (``jax.random.key_data``, a few uint32
+words) plus the name of its PRNG implementation, inside the JSON item, and rebuilt
+with ``jax.random.wrap_key_data``. Keeping it out of the array items means it never
+carries a device placement, so a key saved on 8 devices restores anywhere. Legacy
+raw ``uint32`` keys (``jax.random.PRNGKey``) round-trip as raw arrays.
+
+Preemption: ``preemption_guard()`` installs a SIGTERM handler that only sets a flag;
+the training loop polls ``preemption_requested()`` once per step, saves the current
+step with ``force=True``, waits for it and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from prorank_jax import hf
+from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
+
+log = logging.getLogger(__name__)
+
+PARAMS, OPT_STATE, TRAIN_META = "params", "opt_state", "train_meta"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_META)
+ARRAY_ITEMS = (PARAMS, OPT_STATE)
+FORMAT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+RUN_CONFIG_FILE = "run_config.json"
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+# Orbax's own names (orbax.checkpoint._src.path.atomicity_types); checked by the tests.
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+COMMIT_FILE = "commit_success.txt"
+PYTREE_METADATA_FILE = "_METADATA"
+JSON_ITEM_FILE = "metadata"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or run folder is missing, incomplete or does not match what was asked."""
+
+
+# ----------------------------------------------------------------------------- folder checks
+def _step_dirs(directory: Path) -> tuple[dict[int, Path], list[Path]]:
+    """({step: finalized-looking step folder}, [orbax temporary folders]) under directory."""
+    steps, tmps = {}, []
+    if not directory.is_dir():
+        return steps, tmps
+    for entry in directory.iterdir():
+        if not entry.is_dir():
+            continue
+        if entry.name.isdigit():
+            steps[int(entry.name)] = entry
+        elif TMP_SUFFIX in entry.name:
+            tmps.append(entry)
+    return steps, sorted(tmps)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def step_problem(step_dir: Path) -> str | None:
+    """Why step_dir is not a complete checkpoint of ours, or None when it is."""
+    if not (step_dir / COMMIT_FILE).is_file():
+        return f"no {COMMIT_FILE} (orbax never committed this save)"
+    for item in ARRAY_ITEMS:
+        meta = step_dir / item / PYTREE_METADATA_FILE
+        if not meta.is_file():
+            return f"item {item!r} is missing ({meta} does not exist)"
+        try:
+            if "tree_metadata" not in _read_json(meta):
+                return f"item {item!r}: {meta} has no tree_metadata"
+        except (OSError, ValueError) as err:
+            return f"item {item!r}: {meta} is unreadable ({err})"
+    meta = step_dir / TRAIN_META / JSON_ITEM_FILE
+    try:
+        train_meta = _read_json(meta)
+    except FileNotFoundError:
+        return f"item {TRAIN_META!r} is missing ({meta} does not exist)"
+    except (OSError, ValueError) as err:
+        return f"item {TRAIN_META!r}: {meta} is unreadable ({err})"
+    if not isinstance(train_meta, dict) or train_meta.get("step") != int(step_dir.name):
+        return f"item {TRAIN_META!r}: {meta} does not record step {step_dir.name}"
+    return None
+
+
+def scan_steps(directory: str | os.PathLike) -> tuple[list[int], dict[Path, str]]:
+    """(complete steps ascending, {incomplete folder: why}) of a checkpoints folder."""
+    steps, tmps = _step_dirs(Path(directory))
+    complete, broken = [], {}
+    for step in sorted(steps):
+        problem = step_problem(steps[step])
+        if problem is None:
+            complete.append(step)
+        else:
+            broken[steps[step]] = problem
+    for tmp in tmps:
+        broken[tmp] = "half-written (orbax's temporary folder; the save never finished)"
+    return complete, broken
+
+
+# ----------------------------------------------------------------------------- shardings
+def _default_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _abstract_with_shardings(abstract, shardings, what: str):
+    """ShapeDtypeStructs carrying the target sharding of every leaf.
+
+    Leaves that bring their own sharding keep it when shardings is None; otherwise
+    the first local device is used (fine for one device; pass shardings for more).
+    """
+    if shardings is None:
+        def leaf(x):
+            sharding = getattr(x, "sharding", None) or _default_sharding()
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+        return jax.tree_util.tree_map(leaf, abstract)
+    a_struct = jax.tree_util.tree_structure(abstract)
+    s_struct = jax.tree_util.tree_structure(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+    if a_struct != s_struct:
+        raise CheckpointError(f"{what}: the shardings tree does not match the abstract tree\n"
+                              f"  abstract:  {a_struct}\n  shardings: {s_struct}")
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings,
+        is_leaf=lambda s: isinstance(s, jax.sharding.Sharding),
+    )
+
+
+# ----------------------------------------------------------------------------- rng
+def _rng_to_json(rng) -> dict | None:
+    if rng is None:
+        return None
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    data = jax.random.key_data(rng) if typed else rng
+    if isinstance(data, jax.Array) and not data.is_fully_addressable:
+        # Every process holds the same (replicated) key; read the local copy.
+        data = data.addressable_data(0)
+    data = np.asarray(data)
+    if data.dtype != np.uint32:
+        raise CheckpointError(f"rng: expected a typed PRNG key or uint32 key data, got dtype {data.dtype}")
+    return {"impl": str(jax.random.key_impl(rng)) if typed else None,
+            "shape": list(data.shape), "key_data": data.ravel().tolist()}
+
+
+def _rng_from_json(saved: dict | None):
+    if saved is None:
+        return None
+    data = np.asarray(saved["key_data"], np.uint32).reshape(saved["shape"])
+    if saved["impl"] is None:
+        return jax.numpy.asarray(data)
+    return jax.random.wrap_key_data(data, impl=saved["impl"])
+
+
+# ----------------------------------------------------------------------------- Checkpointer
+class Checkpointer:
+    """Periodic, asynchronous, atomic checkpoints of one training run.
+
+    directory: the run's ``<out>/checkpoints``. save_interval_steps: ``save`` writes
+    only on multiples of it unless ``force=True``. max_to_keep: the newest N complete
+    checkpoints are kept (None keeps all). async_save: ``save`` returns once arrays
+    are copied to host memory and writes in the background; ``wait`` blocks until
+    it is committed. read_only: never writes, renames or deletes anything (for
+    inference and export).
+
+    A writable Checkpointer moves incomplete step folders aside (renamed to
+    ``<step>.incomplete-<time>``, never deleted) and lets orbax remove its own
+    temporary folders, so neither is mistaken for a checkpoint or counted towards
+    max_to_keep; every such folder is named in a warning.
+    """
+
+    def __init__(self, directory: str | os.PathLike, save_interval_steps: int = 1, max_to_keep: int | None = None,
+                 async_save: bool = True, read_only: bool = False):
+        if save_interval_steps < 1:
+            raise ValueError(f"save_interval_steps={save_interval_steps} must be >= 1")
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None")
+        self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        self._reported: set[Path] = set()  # incomplete folders already warned about
+        self._set_aside: dict[Path, str] = {}  # damaged step folders moved aside at start
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory}: checkpoint folder does not exist")
+        if not read_only:
+            self._set_aside_incomplete()
+        if read_only:
+            # save_interval_steps=0 spares orbax's warning that read-only mode zeroes it.
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
+                preservation_policy=checkpoint_managers.LatestN(max_to_keep),
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+
+    def _set_aside_incomplete(self) -> None:
+        _, broken = scan_steps(self.directory)
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for path, why in broken.items():
+                self._reported.add(path)
+                if TMP_SUFFIX in path.name:
+                    log.warning("checkpoint folder %s is %s; orbax removes it", path, why)
+                    continue
+                aside = path.with_name(f"{path.name}.incomplete-{stamp}")
+                os.replace(path, aside)
+                self._set_aside[path] = f"{why}; moved to {aside.name}"
+                log.warning("checkpoint folder %s is incomplete (%s); moved it to %s", path, why, aside.name)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("prorank_checkpoint_set_aside")
+
+    # -- writing
+    def save(self, step: int, *, params, opt_state, rng, data_state: Mapping[str, Any] | None,
+             force: bool = False) -> bool:
+        """Start saving one step; True when a save was started.
+
+        Skipped (False) when step is not a multiple of save_interval_steps (unless
+        force) or is already saved. data_state must be JSON-serialisable; it is
+        checked before anything is written.
+        """
+        step = int(step)
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: opened read-only, cannot save step {step}")
+        train_meta = {"format_version": FORMAT_VERSION, "step": step, "rng": _rng_to_json(rng),
+                      "data_state": dict(data_state) if data_state is not None else None}
+        try:
+            json.dumps(train_meta, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"step {step}: data_state is not JSON-serialisable ({err})") from None
+        if step in self._manager.all_steps():
+            log.info("checkpoint of step %d already exists in %s; not saving it again", step, self.directory)
+            return False
+        args = ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardSave(params),
+            OPT_STATE: ocp.args.StandardSave(opt_state),
+            TRAIN_META: ocp.args.JsonSave(train_meta),
+        })
+        return bool(self._manager.save(step, args=args, force=force))
+
+    def wait(self) -> None:
+        """Block until every started save is committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading
+    def all_steps(self) -> list[int]:
+        """Complete steps, ascending (folders are re-read, not cached)."""
+        return scan_steps(self.directory)[0]
+
+    def latest_step(self) -> int | None:
+        """The newest complete step; None when there is nothing to resume from.
+
+        Incomplete folders are skipped with a warning naming each. When none is
+        complete, a damaged step folder is a CheckpointError naming it (a run would
+        otherwise restart from scratch unnoticed); orbax temporary folders alone mean
+        no save ever finished, so a writable Checkpointer returns None for them.
+        """
+        complete, broken = scan_steps(self.directory)
+        for path in broken.keys() - self._reported:
+            log.warning("checkpoint folder %s is skipped: %s", path, broken[path])
+            self._reported.add(path)
+        if complete:
+            return complete[-1]
+        fatal = dict(self._set_aside)
+        fatal.update({p: why for p, why in broken.items() if self.read_only or TMP_SUFFIX not in p.name})
+        if fatal:
+            listing = "\n  ".join(f"{p}: {why}" for p, why in fatal.items())
+            raise CheckpointError(
+                f"{self.directory}: no complete checkpoint; incomplete folders:\n  {listing}\n"
+                "delete them (or the whole folder) to start afresh"
+            )
+        return None
+
+    def _resolve_step(self, step: int | None) -> int:
+        if step is None:
+            latest = self.latest_step()
+            if latest is None:
+                raise CheckpointError(f"{self.directory}: holds no checkpoints")
+            return latest
+        step_dir = self.directory / str(int(step))
+        if not step_dir.is_dir():
+            raise CheckpointError(f"{step_dir}: no checkpoint of step {step} (complete steps: {self.all_steps()})")
+        problem = step_problem(step_dir)
+        if problem is not None:
+            raise CheckpointError(f"{step_dir}: incomplete checkpoint ({problem}); "
+                                  f"complete steps: {self.all_steps()}")
+        return int(step)
+
+    def restore(self, step: int | None = None, *, abstract_params, abstract_opt_state=None,
+                param_shardings=None, opt_state_shardings=None) -> dict[str, Any]:
+        """Restore a step (default: the latest complete one) onto the given shardings.
+
+        abstract_*: pytrees of jax.ShapeDtypeStruct (or arrays) giving structure,
+        shapes and dtypes; *_shardings: matching pytrees of jax.sharding.Sharding.
+        Arrays are read straight into those shardings, whatever mesh they were saved
+        from. abstract_opt_state=None skips the optimizer state (inference).
+        Returns {"step", "params", "opt_state", "rng", "data_state"}.
+        """
+        step = self._resolve_step(step)
+        step_dir = self.directory / str(step)
+        items = {PARAMS: ocp.args.StandardRestore(_abstract_with_shardings(abstract_params, param_shardings, PARAMS)),
+                 TRAIN_META: ocp.args.JsonRestore()}
+        if abstract_opt_state is not None:
+            items[OPT_STATE] = ocp.args.StandardRestore(
+                _abstract_with_shardings(abstract_opt_state, opt_state_shardings, OPT_STATE))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # orbax raises many types; name the folder whatever it was
+            raise CheckpointError(f"{step_dir}: could not be restored: {type(err).__name__}: {err}") from err
+        meta = restored[TRAIN_META]
+        return {
+            "step": int(meta["step"]),
+            "params": restored[PARAMS],
+            "opt_state": restored[OPT_STATE] if abstract_opt_state is not None else None,
+            "rng": _rng_from_json(meta.get("rng")),
+            "data_state": meta.get("data_state"),
+        }
+
+
+# ----------------------------------------------------------------------------- run folder
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _differing_keys(old: Mapping, new: Mapping) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _write_json_once(path: Path, value: Mapping, *, must_match: bool) -> None:
+    """Write path unless it exists; an existing file is kept (the run's original)."""
+    # A JSON round trip makes tuples lists, so the comparison is like for like.
+    value = json.loads(json.dumps(value))
+    if not path.exists():
+        _write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+        return
+    try:
+        old = _read_json(path)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: exists but is not valid JSON ({err})") from None
+    diff = _differing_keys(old, value)
+    if diff and must_match:
+        raise CheckpointError(f"{path}: this run folder was trained with a different model "
+                              f"(fields differ: {diff}); use a new output folder")
+    if diff:
+        log.warning("%s: keeping the run's original config; the resumed run differs in %s", path, diff)
+
+
+def write_run_metadata(out_dir: str | os.PathLike, *, resolved_config: Mapping[str, Any],
+                       model_config: Mapping[str, Any], tokenizer_dir: str | os.PathLike | None) -> None:
+    """Write run_config.json, model_config.json and tokenizer/ into a run folder, once.
+
+    Each file appears atomically (temp file + rename; the tokenizer folder is
+    assembled under a temporary name). On resume the originals are kept: a
+    different model config is an error, a different run config a warning.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_once(out_dir / MODEL_CONFIG_FILE, model_config, must_match=True)
+    _write_json_once(out_dir / RUN_CONFIG_FILE, resolved_config, must_match=False)
+    if tokenizer_dir is not None and not (out_dir / TOKENIZER_DIR).is_dir():
+        _copy_tokenizer(Path(tokenizer_dir), out_dir / TOKENIZER_DIR)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        if not hf.copy_tokenizer_files(src, tmp):
+            raise CheckpointError(f"{src}: no tokenizer files found (looked for {hf.TOKENIZER_FILES})")
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run folder does not exist")
+    missing = [name for name in (RUN_CONFIG_FILE, MODEL_CONFIG_FILE) if not (run_dir / name).is_file()]
+    if not (run_dir / CHECKPOINTS_DIR).is_dir():
+        missing.append(f"{CHECKPOINTS_DIR}/")
+    if missing:
+        raise CheckpointError(f"{run_dir}: not a prorank run folder (missing {', '.join(missing)})")
+
+
+def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
+                       shardings=None) -> tuple[ModelConfig, Any, Path | None]:
+    """(ModelConfig, params, tokenizer folder or None) of a run folder's checkpoint.
+
+    Only params are read (no optimizer state). step defaults to the latest complete
+    checkpoint. Params land on the first local device unless shardings (a pytree of
+    jax.sharding.Sharding matching the params) says otherwise. param_dtype comes from
+    model_config.json's "dtype"; the compute dtype is left at its default.
+    """
+    from prorank_jax.model import init_params  # the model module is heavy; load it only when needed
+
+    run_dir = Path(run_dir)
+    _check_run_folder(run_dir)
+    hf_config = _read_json(run_dir / MODEL_CONFIG_FILE)
+    dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
+    config = ModelConfig.from_hf(hf_config, **({"param_dtype": dtype} if dtype in COMPUTE_DTYPES else {}))
+    abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    checkpointer = Checkpointer(run_dir / CHECKPOINTS_DIR, read_only=True)
+    try:
+        restored = checkpointer.restore(step, abstract_params=abstract, param_shardings=shardings)
+    finally:
+        checkpointer.close()
+    tokenizer = run_dir / TOKENIZER_DIR
+    return config, restored["params"], tokenizer if tokenizer.is_dir() else None
+
+
+# ----------------------------------------------------------------------------- preemption
+class _Preemption:
+    # A plain attribute, not a threading.Event: Event.set takes a lock, and a handler
+    # that interrupts the main thread while it holds that lock would deadlock.
+    requested = False
+
+
+def _on_signal(signum, frame) -> None:
+    # Only a flag: orbax, jax and logging are not safe to call from a signal handler.
+    _Preemption.requested = True
+
+
+def preemption_requested() -> bool:
+    """True once a SIGTERM arrived under preemption_guard / install_preemption_handler.
+
+    Per process: on multi-host runs every host must see the signal (as on Cloud TPU
+    maintenance events) or the hosts will disagree about saving.
+    """
+    return _Preemption.requested
+
+
+def install_preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)):
+    """Catch SIGTERM as a flag; returns a function that restores the previous handlers.
+
+    Must be called from the main thread (Python delivers signals only there).
+    """
+    _Preemption.requested = False
+    previous = {sig: signal.signal(sig, _on_signal) for sig in signals}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+@contextlib.contextmanager
+def preemption_guard(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Within the block SIGTERM sets preemption_requested() instead of killing the process.
+
+    Outside the main thread signals cannot be caught; the block then runs unguarded
+    (with a warning) rather than failing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("preemption_guard outside the main thread: SIGTERM will not be caught")
+        yield
+        return
+    restore = install_preemption_handler(signals)
+    try:
+        yield
+    finally:
+        restore()

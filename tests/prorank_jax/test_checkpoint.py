@@ -1,0 +1,478 @@
+"""prorank_jax.checkpoint: orbax checkpoints, run folders, preemption.
+
+Cross-mesh and SIGTERM checks run in subprocesses: the simulated device count is
+fixed when jax is first imported, and a signal test must not hit pytest itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from prorank_jax import checkpoint as ckpt
+from prorank_jax.config import ModelConfig
+from prorank_jax.model import init_params
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "prorank_jax" / "data" / "bundled"
+TINY_CONFIG = BUNDLED / "tiny_model.json"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _train_state(seed: int = 0):
+    """Small params and an adamw state after one update, so mu/nu/count are non-trivial."""
+    keys = jax.random.split(jax.random.key(seed), 2)
+    params = {"dense": {"kernel": jax.random.normal(keys[0], (4, 3)), "bias": jnp.zeros(3)},
+              "norm": {"weight": jax.random.normal(keys[1], (3,))}}
+    tx = optax.adamw(1e-2, weight_decay=0.1)
+    opt_state = tx.init(params)
+    grads = jax.tree_util.tree_map(lambda p: 0.5 * p + 1.0, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _save(checkpointer, step, params, opt_state, **kw):
+    return checkpointer.save(step, params=params, opt_state=opt_state, rng=jax.random.key(7),
+                             data_state={"position": step}, **kw)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A checkpoints folder with complete steps 1 and 2."""
+    params, opt_state = _train_state()
+    directory = tmp_path / "checkpoints"
+    with ckpt.Checkpointer(directory, async_save=False) as c:
+        _save(c, 1, params, opt_state)
+        _save(c, 2, params, opt_state)
+    return directory
+
+
+# ----------------------------------------------------------------------------- round trip
+def test_round_trip_params_adamw_rng_and_data_state(tmp_path):
+    params, opt_state = _train_state()
+    rng = jax.random.key(1234)
+    data_state = {"epoch": 2, "shards": [{"next_index": 17}], "name": "beir/scifact"}
+    with ckpt.Checkpointer(tmp_path / "checkpoints") as c:
+        assert c.save(3, params=params, opt_state=opt_state, rng=rng, data_state=data_state)
+        c.wait()
+        restored = c.restore(abstract_params=_abstract(params), abstract_opt_state=_abstract(opt_state))
+    assert restored["step"] == 3
+    _assert_trees_equal(restored["params"], params)
+    _assert_trees_equal(restored["opt_state"], opt_state)
+    assert int(restored["opt_state"][0].count) == 1
+    assert restored["data_state"] == data_state
+    # The rebuilt key is a typed key of the same implementation drawing the same numbers.
+    assert jax.random.key_impl(restored["rng"]) == jax.random.key_impl(rng)
+    np.testing.assert_array_equal(jax.random.key_data(restored["rng"]), jax.random.key_data(rng))
+    np.testing.assert_array_equal(jax.random.uniform(restored["rng"], (5,)), jax.random.uniform(rng, (5,)))
+
+
+def test_legacy_uint32_key_round_trips_as_raw_data(tmp_path):
+    params, opt_state = _train_state()
+    with ckpt.Checkpointer(tmp_path / "c", async_save=False) as c:
+        c.save(1, params=params, opt_state=opt_state, rng=jax.random.PRNGKey(3), data_state=None)
+        restored = c.restore(abstract_params=_abstract(params))
+    assert restored["rng"].dtype == jnp.uint32
+    np.testing.assert_array_equal(restored["rng"], jax.random.PRNGKey(3))
+    assert restored["opt_state"] is None and restored["data_state"] is None
+
+
+def test_interval_force_and_max_to_keep(tmp_path):
+    params, opt_state = _train_state()
+    directory = tmp_path / "checkpoints"
+    with ckpt.Checkpointer(directory, save_interval_steps=3, max_to_keep=2) as c:
+        started = {step: _save(c, step, params, opt_state) for step in range(1, 10)}
+        c.wait()
+        assert [s for s, ok in started.items() if ok] == [3, 6, 9]
+        assert c.all_steps() == [6, 9]
+        assert _save(c, 10, params, opt_state, force=True)  # off-interval, forced
+        assert not _save(c, 10, params, opt_state, force=True)  # already saved: skipped, not an error
+        c.wait()
+        assert c.all_steps() == [9, 10] and c.latest_step() == 10
+    assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["10", "9"]
+
+
+def test_data_state_must_be_json_before_anything_is_written(tmp_path):
+    params, opt_state = _train_state()
+    directory = tmp_path / "checkpoints"
+    with ckpt.Checkpointer(directory) as c:
+        with pytest.raises(ckpt.CheckpointError, match="step 4: data_state is not JSON-serialisable"):
+            c.save(4, params=params, opt_state=opt_state, rng=None, data_state={"x": object()})
+    assert c.latest_step() is None
+    assert not [p for p in directory.iterdir() if p.name.startswith("4")]
+
+
+def test_async_save_is_atomic(tmp_path):
+    """Orbax writes <step>.orbax-checkpoint-tmp and renames it once committed: the final
+    folder is never visible without its commit marker."""
+    big = {"w": jnp.ones((2048, 2048)), "b": jnp.zeros(3)}  # 16 MB: the commit takes a moment
+    directory = tmp_path / "checkpoints"
+    seen_tmp, seen_final_incomplete = False, False
+    with ckpt.Checkpointer(directory, async_save=True) as c:
+        c.save(1, params=big, opt_state={"m": big["b"]}, rng=None, data_state={})
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            names = {p.name for p in directory.iterdir()}
+            seen_tmp |= "1" + ckpt.TMP_SUFFIX in names
+            if "1" in names:
+                seen_final_incomplete |= not (directory / "1" / ckpt.COMMIT_FILE).is_file()
+                break
+        c.wait()
+    assert seen_tmp, "the in-progress save should live under orbax's temporary name"
+    assert not seen_final_incomplete
+    assert ckpt.step_problem(directory / "1") is None
+
+
+# ----------------------------------------------------------------------------- incomplete folders
+def test_latest_step_skips_orbax_tmp_folder_with_warning(saved, caplog):
+    shutil.copytree(saved / "2", saved / ("3" + ckpt.TMP_SUFFIX))  # a save killed before its rename
+    with caplog.at_level(logging.WARNING, logger="prorank_jax.checkpoint"):
+        assert ckpt.Checkpointer(saved, read_only=True).latest_step() == 2
+    assert f"3{ckpt.TMP_SUFFIX}" in caplog.text and "half-written" in caplog.text
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda d: shutil.rmtree(d / "params"), "item 'params' is missing"),
+    (lambda d: (d / "opt_state" / "_METADATA").write_text("{trunc"), "item 'opt_state'"),
+    (lambda d: (d / "train_meta" / "metadata").unlink(), "item 'train_meta' is missing"),
+    (lambda d: (d / ckpt.COMMIT_FILE).unlink(), "commit_success.txt"),
+])
+def test_latest_step_skips_damaged_step_with_warning(saved, caplog, damage, reason):
+    shutil.copytree(saved / "2", saved / "5")
+    (saved / "5" / "train_meta" / "metadata").write_text(json.dumps({"step": 5, "rng": None, "data_state": {}}))
+    assert ckpt.step_problem(saved / "5") is None
+    damage(saved / "5")
+    reader = ckpt.Checkpointer(saved, read_only=True)
+    with caplog.at_level(logging.WARNING, logger="prorank_jax.checkpoint"):
+        assert reader.latest_step() == 2
+    assert str(saved / "5") in caplog.text and reason in caplog.text
+    with pytest.raises(ckpt.CheckpointError, match=r"5: incomplete checkpoint"):
+        reader.restore(5, abstract_params={})
+
+
+def test_no_complete_checkpoint_is_an_error_naming_the_folder(saved):
+    shutil.rmtree(saved / "1")
+    shutil.rmtree(saved / "2" / "params")
+    with pytest.raises(ckpt.CheckpointError, match=r"no complete checkpoint.*\n.*/2: item 'params' is missing"):
+        ckpt.Checkpointer(saved, read_only=True).latest_step()
+
+
+def test_writable_checkpointer_refuses_to_restart_over_a_damaged_only_step(saved):
+    shutil.rmtree(saved / "1")
+    (saved / "2" / "params" / "_METADATA").unlink()
+    expected = r"no complete checkpoint.*\n.*/2: item 'params' is missing.*moved to 2\.incomplete-"
+    with pytest.raises(ckpt.CheckpointError, match=expected):
+        ckpt.Checkpointer(saved).latest_step()
+
+
+def test_only_orbax_tmp_folders_mean_a_fresh_start_when_writable(saved):
+    for step in ("1", "2"):
+        os.replace(saved / step, saved / (step + ckpt.TMP_SUFFIX))
+    with pytest.raises(ckpt.CheckpointError, match=f"2{ckpt.TMP_SUFFIX}: half-written"):
+        ckpt.Checkpointer(saved, read_only=True).latest_step()  # nothing to load for inference
+    with ckpt.Checkpointer(saved) as c:
+        assert c.latest_step() is None  # no save ever finished: nothing is lost by starting afresh
+
+
+def test_empty_folder_has_no_latest_step(tmp_path):
+    with ckpt.Checkpointer(tmp_path / "fresh") as c:
+        assert c.latest_step() is None
+        with pytest.raises(ckpt.CheckpointError, match="holds no checkpoints"):
+            c.restore(abstract_params={})
+
+
+def test_writable_checkpointer_sets_damaged_step_aside_and_saves_it_again(saved, caplog):
+    shutil.copytree(saved / "2", saved / "3")
+    shutil.rmtree(saved / "3" / "opt_state")
+    shutil.copytree(saved / "2", saved / ("4" + ckpt.TMP_SUFFIX))
+    params, opt_state = _train_state(seed=1)
+    with caplog.at_level(logging.WARNING, logger="prorank_jax.checkpoint"):
+        c = ckpt.Checkpointer(saved, async_save=False)
+    assert f"{saved / '3'} is incomplete (item 'opt_state' is missing" in caplog.text
+    assert f"{saved / '4'}{ckpt.TMP_SUFFIX} is half-written" in caplog.text
+    aside = [p.name for p in saved.iterdir() if p.name.startswith("3.incomplete-")]
+    assert len(aside) == 1  # kept for inspection, not deleted
+    assert c.latest_step() == 2
+    assert _save(c, 3, params, opt_state)  # orbax would refuse this with the damaged folder in place
+    restored = c.restore(abstract_params=_abstract(params), abstract_opt_state=_abstract(opt_state))
+    assert _save(c, 4, params, opt_state)  # orbax removes its own leftover temporary folder first
+    c.close()
+    assert restored["step"] == 3
+    _assert_trees_equal(restored["params"], params)
+    assert sorted(p.name for p in saved.iterdir() if not p.name.startswith("3.incomplete-")) == ["1", "2", "3", "4"]
+
+
+def test_read_only_checkpointer_changes_nothing(saved):
+    before = sorted(p.name for p in saved.iterdir())
+    shutil.copytree(saved / "2", saved / ("9" + ckpt.TMP_SUFFIX))
+    reader = ckpt.Checkpointer(saved, read_only=True)
+    assert reader.latest_step() == 2
+    with pytest.raises(ckpt.CheckpointError, match="read-only"):
+        reader.save(3, params={}, opt_state={}, rng=None, data_state={})
+    reader.close()
+    assert sorted(p.name for p in saved.iterdir()) == sorted(before + ["9" + ckpt.TMP_SUFFIX])
+
+
+def test_restore_mismatched_structure_names_the_folder(saved):
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/2: could not be restored"):
+        ckpt.Checkpointer(saved, read_only=True).restore(
+            abstract_params={"other": jax.ShapeDtypeStruct((2,), jnp.float32)})
+
+
+# ----------------------------------------------------------------------------- across meshes
+_MESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from prorank_jax import checkpoint as ckpt
+    from prorank_jax.config import ModelConfig
+    from prorank_jax.model import init_params
+    from prorank_jax.sharding import make_mesh, param_shardings
+
+    mode, directory, expected_file, mesh_shape = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    restore_dir, restore_expected = (sys.argv[6], sys.argv[7]) if len(sys.argv) > 6 else (directory, expected_file)
+    assert jax.device_count() == int(np.prod(json.loads(mesh_shape))), jax.devices()
+    mesh = make_mesh(*json.loads(mesh_shape))
+    config = ModelConfig.from_hf(sys.argv[5])
+    tx = optax.adamw(1e-2)
+    abstract_params = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    p_shard = param_shardings(abstract_params, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    o_shard = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shard,
+                                    transform_non_params=lambda _: NamedSharding(mesh, P()),
+                                    is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+
+    def check_placed(tree, shardings):
+        for x, s in zip(jax.tree_util.tree_leaves(tree),
+                        jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))):
+            assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
+
+    def save():
+        # Distinct random values in every leaf (init_params' zero biases and unit norms would
+        # hide a mixed-up shard); eager init_params itself is needlessly slow here.
+        rs = np.random.default_rng(0)
+        params = jax.tree_util.tree_map(lambda a: rs.standard_normal(a.shape).astype(a.dtype), abstract_params)
+        params = jax.device_put(params, p_shard)
+        opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+        grads = jax.tree_util.tree_map(lambda p: jnp.sin(p) + 0.1, params)
+        updates, opt_state = jax.jit(tx.update)(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        check_placed(params, p_shard)
+        check_placed(opt_state, o_shard)
+        leaves = jax.tree_util.tree_leaves(p_shard, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+        sharded = sum(1 for s in leaves if any(a is not None for a in s.spec))
+        print("sharded leaves:", sharded)
+        with ckpt.Checkpointer(directory) as c:
+            c.save(11, params=params, opt_state=opt_state, rng=jax.random.key(99), data_state={"mesh": mesh_shape},
+                   force=True)
+        flat = {f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(params))}
+        flat.update({f"o{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(opt_state))})
+        np.savez(expected_file, **flat)
+
+    def restore():
+        c = ckpt.Checkpointer(restore_dir, read_only=True)
+        r = c.restore(abstract_params=abstract_params, abstract_opt_state=abstract_opt,
+                      param_shardings=p_shard, opt_state_shardings=o_shard)
+        check_placed(r["params"], p_shard)
+        check_placed(r["opt_state"], o_shard)
+        expected = np.load(restore_expected)
+        for i, x in enumerate(jax.tree_util.tree_leaves(r["params"])):
+            np.testing.assert_array_equal(np.asarray(x), expected[f"p{i}"])
+        for i, x in enumerate(jax.tree_util.tree_leaves(r["opt_state"])):
+            np.testing.assert_array_equal(np.asarray(x), expected[f"o{i}"])
+        assert r["step"] == 11 and r["data_state"]["mesh"] != mesh_shape  # saved under the other mesh
+        np.testing.assert_array_equal(jax.random.key_data(r["rng"]), jax.random.key_data(jax.random.key(99)))
+        print("restored", len(expected.files), "arrays onto", jax.device_count(), "devices")
+
+    for action in mode.split("+"):
+        {"save": save, "restore": restore}[action]()
+""")
+
+
+def _run_mesh(tmp_path, mode, directory, expected, devices, mesh_shape, restore_from=()):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO))
+    script = tmp_path / "mesh_script.py"
+    script.write_text(_MESH_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), mode, str(directory), str(expected), json.dumps(mesh_shape),
+                           str(TINY_CONFIG), *map(str, restore_from)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_restore_onto_a_different_mesh_both_ways(tmp_path):
+    on8, on1 = tmp_path / "saved_on_8", tmp_path / "saved_on_1"
+    out = _run_mesh(tmp_path, "save", on8, tmp_path / "on8.npz", 8, [2, 2, 2])
+    assert "sharded leaves: 0" not in out  # the (2,2,2) mesh really splits the params
+    # One single-device process restores the 8-device checkpoint, then saves its own.
+    out = _run_mesh(tmp_path, "restore+save", on1, tmp_path / "on1.npz", 1, [1, 1, 1],
+                    restore_from=(on8, tmp_path / "on8.npz"))
+    assert "onto 1 devices" in out
+    assert "onto 8 devices" in _run_mesh(tmp_path, "restore", on1, tmp_path / "on1.npz", 8, [2, 2, 2])
+
+
+# ----------------------------------------------------------------------------- preemption
+_LOOP_SCRIPT = textwrap.dedent("""
+    import signal, sys, time
+    import jax, jax.numpy as jnp
+    from prorank_jax import checkpoint as ckpt
+
+    params = {"w": jnp.zeros((4,))}
+    opt_state = {"count": jnp.zeros((), jnp.int32)}
+    checkpointer = ckpt.Checkpointer(sys.argv[1], save_interval_steps=1000)
+    step = 0
+    with ckpt.preemption_guard():
+        while step < 10_000:
+            params = {"w": params["w"] + 1.0}
+            opt_state = {"count": opt_state["count"] + 1}
+            step += 1
+            print("step", step, flush=True)
+            checkpointer.save(step, params=params, opt_state=opt_state, rng=jax.random.key(0),
+                              data_state={"step": step})  # a no-op off the interval
+            if ckpt.preemption_requested():
+                checkpointer.save(step, params=params, opt_state=opt_state, rng=jax.random.key(0),
+                                  data_state={"step": step}, force=True)
+                checkpointer.wait()
+                print(f"preempted: saved step {step}, stopping", flush=True)
+                break
+            time.sleep(0.02)
+    checkpointer.close()
+    print("handler restored:", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+""")
+
+
+def test_sigterm_mid_run_leaves_a_complete_checkpoint_of_the_current_step(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(_LOOP_SCRIPT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    directory = tmp_path / "checkpoints"
+    proc = subprocess.Popen([sys.executable, str(script), str(directory)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "step 5":
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-4000:]
+    saved_line = [l for l in out.splitlines() if l.startswith("preempted: saved step")]
+    assert saved_line, out
+    step = int(saved_line[0].split()[3].rstrip(","))
+    assert step >= 5
+    assert "handler restored: True" in out
+    reader = ckpt.Checkpointer(directory, read_only=True)
+    assert reader.all_steps() == [step]
+    abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    restored = reader.restore(abstract_params=abstract,
+                              abstract_opt_state={"count": jax.ShapeDtypeStruct((), jnp.int32)})
+    np.testing.assert_array_equal(restored["params"]["w"], np.full(4, float(step)))
+    assert int(restored["opt_state"]["count"]) == step and restored["data_state"] == {"step": step}
+
+
+def test_preemption_guard_only_sets_a_flag_and_restores_the_previous_handler():
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: calls.append(a))
+    try:
+        with ckpt.preemption_guard():
+            assert not ckpt.preemption_requested()
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.time() + 5
+            while not ckpt.preemption_requested() and time.time() < deadline:
+                time.sleep(0.01)
+            assert ckpt.preemption_requested()
+        assert not calls  # the guard's handler ran, not the outer one
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 5
+        while not calls and time.time() < deadline:
+            time.sleep(0.01)
+        assert calls  # the outer handler is back
+        with ckpt.preemption_guard():
+            assert not ckpt.preemption_requested()  # a new guard starts with a clear flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- run folder
+def _tiny():
+    return ModelConfig.from_hf(TINY_CONFIG)
+
+
+def test_write_run_metadata_and_load_for_inference(tmp_path):
+    config = _tiny()
+    rs = np.random.default_rng(3)
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rs.standard_normal(a.shape), a.dtype),
+                                    jax.eval_shape(lambda: init_params(config, jax.random.key(3))))
+    run = tmp_path / "run"
+    resolved = {"loop": {"steps": 10}, "model": {"config": "bundled"}}
+    ckpt.write_run_metadata(run, resolved_config=resolved, model_config=config.to_hf(),
+                            tokenizer_dir=BUNDLED / "tokenizer")
+    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json", "tokenizer"]
+    assert json.loads((run / "run_config.json").read_text()) == resolved
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    tx = optax.adamw(1e-3)
+    with ckpt.Checkpointer(run / "checkpoints") as c:
+        c.save(4, params=params, opt_state=tx.init(params), rng=jax.random.key(0), data_state={})
+        later = jax.tree_util.tree_map(lambda x: x + 1, params)
+        c.save(8, params=later, opt_state=tx.init(params), rng=jax.random.key(0), data_state={})
+
+    loaded_config, loaded, tokenizer_dir = ckpt.load_for_inference(run)
+    assert loaded_config == config
+    _assert_trees_equal(loaded, later)
+    assert tokenizer_dir == run / "tokenizer"
+    _, at4, _ = ckpt.load_for_inference(run, step=4)
+    _assert_trees_equal(at4, params)
+
+
+def test_run_metadata_is_written_once(tmp_path, caplog):
+    config = _tiny()
+    run = tmp_path / "run"
+    ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=None)
+    with caplog.at_level(logging.WARNING, logger="prorank_jax.checkpoint"):
+        ckpt.write_run_metadata(run, resolved_config={"lr": 2}, model_config=config.to_hf(), tokenizer_dir=None)
+    assert "lr" in caplog.text
+    assert json.loads((run / "run_config.json").read_text()) == {"lr": 1}
+    other = config.replace(num_hidden_layers=3).to_hf()
+    with pytest.raises(ckpt.CheckpointError, match=r"model_config.json.*num_hidden_layers"):
+        ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=other, tokenizer_dir=None)
+    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]  # no temp files left
+    with pytest.raises(ckpt.CheckpointError, match="no tokenizer files"):
+        ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=tmp_path)
+    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]
+
+
+def test_load_for_inference_names_what_is_missing(tmp_path):
+    (tmp_path / "run_config.json").write_text("{}")
+    expected = r"not a prorank run folder \(missing model_config.json, checkpoints/\)"
+    with pytest.raises(ckpt.CheckpointError, match=expected):
+        ckpt.load_for_inference(tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load_for_inference(tmp_path / "nope")

@@ -1,4 +1,5 @@
-"""Data formats and example builders: BEIR folders, TREC runs, JSONL, the bundled tiny dataset."""
+"""Data formats and example builders: BEIR folders, TREC runs, JSONL, the bundled tiny dataset;
+example sources (JSONL, HF datasets, tfds) and the grain batch pipelines."""
 
 from prorank_jax.data.beir import (
     BeirData,
@@ -21,10 +22,35 @@ from prorank_jax.data.examples import (
     pair_examples,
 )
 from prorank_jax.data.jsonl import atomic_text_writer, read_jsonl, write_jsonl
+from prorank_jax.data.sources import (
+    hf_group_examples,
+    hf_pair_examples,
+    load_examples,
+    read_group_jsonl,
+    read_pair_jsonl,
+    tfds_examples,
+    write_group_jsonl,
+    write_pair_jsonl,
+)
 from prorank_jax.data.trec import ranked_doc_ids, read_run, write_run
 
+# The pipeline imports grain (and with it jax), seconds of import time that
+# readers of data files should not pay: loaded on first use.
+_PIPELINE_EXPORTS = ("BatchIterator", "DataConfig", "make_stage1_iterator", "make_stage2_iterator")
+
+
+def __getattr__(name):
+    if name in _PIPELINE_EXPORTS:
+        from prorank_jax.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "BatchIterator",
     "BeirData",
+    "DataConfig",
     "DataError",
     "GroupExample",
     "PairExample",
@@ -34,16 +60,26 @@ __all__ = [
     "bundled_tokenizer_dir",
     "document_text",
     "group_examples",
+    "hf_group_examples",
+    "hf_pair_examples",
     "load_beir",
     "load_corpus",
+    "load_examples",
     "load_qrels",
     "load_queries",
+    "make_stage1_iterator",
+    "make_stage2_iterator",
     "mine_hard_negatives",
     "pair_examples",
     "ranked_doc_ids",
+    "read_group_jsonl",
     "read_jsonl",
+    "read_pair_jsonl",
     "read_qrels_rows",
     "read_run",
+    "tfds_examples",
+    "write_group_jsonl",
     "write_jsonl",
+    "write_pair_jsonl",
     "write_run",
 ]

@@ -16,6 +16,7 @@ for tests and small vocabularies.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, NamedTuple
 
@@ -200,6 +201,11 @@ class QwenModel(nn.Module):
 # ----------------------------------------------------------------------------- functions
 def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> Params:
     """Random params with HF's layout (normal(0, init_std) matrices, zero biases, unit norms)."""
+    return _init_params_jit(config, rng, init_std)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params_jit(config: ModelConfig, rng: jax.Array, init_std: float) -> Params:
     ids = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1, 1, 1), bool)
     model_params = QwenModel(config).init(rng, ids, ids, mask)["params"]
@@ -315,11 +321,13 @@ def token_logprobs(
     targets: jax.Array,
     temperature: float = 1.0,
     chunk_size: int = 128,
-) -> jax.Array:
+    with_entropy: bool = False,
+):
     """log softmax(h_t W / temperature)[targets_t] for every position, float32 [B, T].
 
     Logits are formed one chunk of positions at a time, so peak memory is
-    [B, chunk_size, V] rather than [B, T, V].
+    [B, chunk_size, V] rather than [B, T, V]. with_entropy also returns the entropy
+    of each position's distribution at that temperature ([B, T], for logging).
     """
     batch, length, dim = hidden.shape
     chunk = min(chunk_size, length)
@@ -336,10 +344,15 @@ def token_logprobs(
         h, t = args
         logits = _project(h, kernel, config) / temperature
         picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
+        log_norm = jax.nn.logsumexp(logits, axis=-1)
+        if not with_entropy:
+            return picked - log_norm
+        probs = jnp.exp(logits - log_norm[..., None])
+        return picked - log_norm, log_norm - jnp.sum(probs * logits, axis=-1)
 
     out = jax.lax.map(one_chunk, (h_chunks, t_chunks))
-    return out.swapaxes(0, 1).reshape(batch, -1)[:, :length]
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, -1)[:, :length]  # noqa: E731
+    return jax.tree_util.tree_map(unchunk, out)
 
 
 def sequence_logprobs(

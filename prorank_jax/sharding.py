@@ -148,8 +148,12 @@ def batch_divisor(mesh: Mesh, rules: ShardingRules | None = None) -> int:
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: ShardingRules | None = None) -> dict:
-    """Place a host batch (all processes' rows when single-process) on the mesh."""
-    return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v), rules)) for k, v in batch.items()}
+    """Assemble global batch arrays from each process's local rows (multi-host safe;
+    with one process the local rows are the whole batch)."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
+        for k, v in batch.items()
+    }
 
 
 def describe_shardings(params, shardings) -> list[str]:

@@ -1,0 +1,115 @@
+"""Set-up shared by `prorank train-grpo` and `prorank train-score`.
+
+Initialises multi-host JAX when launched that way, builds the mesh, loads the model,
+shards params and optimizer state by the rule table, and resumes from the latest
+complete checkpoint of the output folder when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from prorank_jax import sharding as shd
+from prorank_jax import training
+from prorank_jax.config import ModelConfig
+from prorank_jax.pretrained import ModelSource, load_model
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() when the launcher says this is one of several processes.
+
+    Set by launch/multi_gpu.sh and launch/tpu_pod.sh: PRORANK_COORDINATOR (host:port),
+    PRORANK_NUM_PROCESSES, PRORANK_PROCESS_ID. On Cloud TPU pods JAX discovers all of it
+    itself, signalled by PRORANK_DISTRIBUTED=auto. Must run before any other JAX call.
+    """
+    if os.environ.get("PRORANK_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()
+    elif os.environ.get("PRORANK_COORDINATOR"):
+        jax.distributed.initialize(
+            coordinator_address=os.environ["PRORANK_COORDINATOR"],
+            num_processes=int(os.environ["PRORANK_NUM_PROCESSES"]),
+            process_id=int(os.environ["PRORANK_PROCESS_ID"]),
+        )
+
+
+@dataclasses.dataclass
+class Run:
+    out_dir: Path
+    config: ModelConfig
+    tokenizer_dir: Path
+    mesh: Any
+    optimizer: Any
+    state: training.TrainState
+    state_sharding: training.TrainState
+    checkpointer: Any
+    initial_params: Any  # the params the run started from (GRPO's frozen reference)
+    data_state: dict | None  # restored data-iterator state, None on a fresh start
+    resumed_from: int | None  # the loop step of the checkpoint resumed from
+    base_rng: jax.Array
+
+
+def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimizer: training.OptimizerConfig,
+              loop: training.LoopConfig, mesh: training.MeshConfig, resolved_config: dict,
+              updates_per_step: int = 1) -> Run:
+    from prorank_jax import checkpoint
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device_mesh = mesh.build()
+    config, params, tokenizer_dir = load_model(model_source)
+    tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
+    abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
+    state_sharding = training.state_shardings(abstract, tx, device_mesh)
+    params = jax.device_put(params, state_sharding.params)
+
+    checkpointer = checkpoint.Checkpointer(out_dir / "checkpoints", save_interval_steps=max(loop.save_every, 1),
+                                           max_to_keep=loop.max_to_keep, async_save=loop.async_checkpointing)
+    if jax.process_index() == 0:
+        checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config, model_config=config.to_hf(),
+                                      tokenizer_dir=tokenizer_dir)
+    base_rng = jax.random.key(loop.seed)
+    latest = checkpointer.latest_step()
+    data_state = None
+    if latest is None:
+        state = jax.jit(lambda p: training.init_train_state(p, tx), out_shardings=state_sharding)(params)
+    else:
+        restored = checkpointer.restore(latest, abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
+                                        param_shardings=state_sharding.params,
+                                        opt_state_shardings=state_sharding.opt_state)
+        extra = restored["data_state"] or {}
+        data_state = extra.get("iterator") or None
+        state = training.TrainState(
+            step=jax.device_put(np.int32(restored["step"] * updates_per_step), state_sharding.step),
+            params=restored["params"], opt_state=restored["opt_state"],
+            skipped=jax.device_put(np.int32(extra.get("skipped_updates", 0)), state_sharding.skipped),
+        )
+        base_rng = restored["rng"]
+        print(f"[prorank] resuming {out_dir} from step {latest}", flush=True)
+    return Run(out_dir, config, Path(tokenizer_dir), device_mesh, tx, state, state_sharding, checkpointer,
+               params, data_state, latest, base_rng)
+
+
+def lazy_train_step(loss_fn, run: Run, updates_per_batch: int = 1):
+    """The jitted step, built on the first batch (its keys and ranks fix the shardings).
+
+    updates_per_batch > 1 applies that many optimizer updates to the same batch (GRPO's
+    several updates per rollout) and returns the last update's metrics.
+    """
+    compiled = {}
+
+    def step(state, batch):
+        if "fn" not in compiled:
+            compiled["fn"] = training.make_train_step(loss_fn, run.optimizer, mesh=run.mesh,
+                                                      state_sharding=run.state_sharding, batch_example=batch)
+        batch = shd.shard_batch(batch, run.mesh)
+        for _ in range(updates_per_batch):
+            state, metrics = compiled["fn"](state, batch)
+        return state, metrics
+
+    return step

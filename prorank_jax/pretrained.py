@@ -1,0 +1,90 @@
+"""Where a model comes from: an HF folder, one of our run folders, or a random init.
+
+Both training stages, the Reranker and the exporter resolve models here, so that
+"a path" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from prorank_jax import hf, model
+from prorank_jax.config import ModelConfig
+from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir
+
+BUNDLED = "bundled"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """The model a run starts from.
+
+    path: an HF checkpoint folder or a prorank run folder (its latest checkpoint); when
+      None, a random model is built from `config`.
+    config: an HF config.json (file or folder) for the random init; "bundled" is the tiny
+      bundled Qwen2 config.
+    tokenizer: a tokenizer folder; by default the checkpoint's own tokenizer files, or the
+      bundled tokenizer for a random init.
+    dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
+    """
+
+    path: str | None = None
+    config: str = BUNDLED
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    init_seed: int = 0
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    return (Path(path) / "run_config.json").exists() and (Path(path) / "model_config.json").exists()
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / name).exists() for name in ("tokenizer.json", "vocab.json"))
+
+
+def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any) -> tuple[ModelConfig, Any, Path | None]:
+    """(ModelConfig, params, tokenizer folder or None) from an HF folder or a run folder."""
+    path = Path(path)
+    if is_run_folder(path):
+        from prorank_jax import checkpoint
+
+        config, params, tokenizer_dir = checkpoint.load_for_inference(path, step=step)
+        if overrides:
+            config = config.replace(**overrides)
+            params = jax.tree_util.tree_map(lambda x: x.astype(model.dtype_of(config.param_dtype)), params)
+        return config, params, tokenizer_dir
+    if (path / "config.json").exists():
+        config, params = hf.load(path, **overrides)
+        return config, params, path if has_tokenizer(path) else None
+    raise FileNotFoundError(
+        f"{path}: neither an HF checkpoint folder (config.json + safetensors) nor a prorank run folder "
+        f"(run_config.json + model_config.json + checkpoints/)"
+    )
+
+
+def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
+    """Resolve a ModelSource to (config, params, tokenizer folder)."""
+    tokenizer_dir = Path(source.tokenizer) if source.tokenizer and source.tokenizer != BUNDLED else None
+    if source.path:
+        config, params, own_tokenizer = load_pretrained(source.path, **source.overrides())
+        tokenizer_dir = tokenizer_dir or own_tokenizer
+        if tokenizer_dir is None:
+            raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")
+        return config, params, tokenizer_dir
+    cfg_path = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else Path(source.config)
+    if cfg_path.is_dir():
+        cfg_path = cfg_path / "config.json"
+    config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), **source.overrides())
+    params = model.init_params(config, jax.random.key(source.init_seed))
+    return config, params, tokenizer_dir or bundled_tokenizer_dir()

@@ -1,0 +1,326 @@
+"""What both training stages share: optimizer, sharded train step, loop, metrics.
+
+A stage supplies a pure loss function ``loss_fn(params, batch) -> (loss, metrics)``
+and a batch producer; everything else (AdamW with warmup + cosine decay and
+clipping, the jitted step with explicit shardings, the non-finite guard, metric
+logging, periodic checkpoints, preemption) lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from prorank_jax import sharding as shd
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine decay to end_lr_ratio * learning_rate,
+    after clipping gradients to a global norm of max_grad_norm (0 disables)."""
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 10
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self):
+        for name in ("learning_rate", "end_lr_ratio", "weight_decay", "eps", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optimizer.{name}={getattr(self, name)} must be >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes; one of them may be -1 for "all remaining devices"."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def build(self) -> Mesh:
+        return shd.make_mesh(self.data, self.fsdp, self.tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How long to train and how often to log, evaluate and checkpoint.
+
+    save_every / eval_every of 0 disable periodic saving / evaluation (a final
+    checkpoint is always written). max_to_keep bounds the checkpoints on disk.
+    """
+
+    steps: int = 100
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 0
+    save_every: int = 0
+    max_to_keep: int = 2
+    async_checkpointing: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise ValueError(f"loop.steps={self.steps} must be positive")
+        for name in ("log_every", "eval_every", "save_every", "max_to_keep"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loop.{name}={getattr(self, name)} must be >= 0")
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    decay_steps = max(total_steps, config.warmup_steps + 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if config.warmup_steps else config.learning_rate,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=decay_steps,
+        end_value=config.learning_rate * config.end_lr_ratio,
+    )
+    parts = []
+    if config.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+    parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                             weight_decay=config.weight_decay))
+    return optax.chain(*parts)
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    skipped: jax.Array  # updates refused because the loss or a gradient was not finite
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def state_shardings(state_shapes: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    rules: shd.ShardingRules | None = None) -> TrainState:
+    """Shardings of a TrainState: params by the rule table, optimizer moments like their params."""
+    param_sh = shd.param_shardings(state_shapes.params, mesh, rules)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, s: s, state_shapes.opt_state, param_sh,
+        transform_non_params=lambda _: shd.replicated(mesh),
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    return TrainState(shd.replicated(mesh), param_sh, opt_sh, shd.replicated(mesh))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+LossFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, Mapping[str, jax.Array]]]
+
+
+def apply_gradients(state: TrainState, loss, aux, grads, optimizer) -> tuple[TrainState, dict]:
+    """One optimizer update, refused (state kept, counter bumped) when anything is non-finite."""
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree_util.tree_map(keep, new_params, state.params),
+        opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    metrics = dict(aux)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_skipped=(~finite).astype(jnp.float32))
+    return new_state, metrics
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh: Mesh,
+                    state_sharding: TrainState, batch_example: Mapping[str, Any],
+                    rules: shd.ShardingRules | None = None, donate: bool = True):
+    """jax.jit of one update with explicit in/out shardings (pjit): params and optimizer
+    state by the rule table, every batch array split on its leading axis."""
+    batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v), rules) for k, v in batch_example.items()}
+
+    def step(state: TrainState, batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        return apply_gradients(state, loss, aux, grads, optimizer)
+
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, batch_sh),
+        out_shardings=(state_sharding, shd.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+class MetricsLogger:
+    """Appends one JSON object per logged step to <out>/metrics.jsonl (flushed each time)
+    and keeps a tqdm bar with a few headline numbers."""
+
+    def __init__(self, out_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
+                 headline: tuple[str, ...] = ("loss",), progress_bar: bool = True, desc: str = "train"):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        self.headline = headline
+        self._bar = None
+        if progress_bar and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict:
+        row = {"step": int(step), "time": round(time.time(), 3)}
+        for key, value in metrics.items():
+            value = np.asarray(value)
+            row[key] = float(value) if value.size == 1 else value.tolist()
+        if jax.process_index() == 0:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{row[k]:.4g}" for k in self.headline if isinstance(row.get(k), float)})
+        return row
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._file.close()
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mean_metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Average of per-step device metrics (fetched to host once per log interval)."""
+    rows = jax.device_get(rows)
+    keys = rows[0].keys() if rows else []
+    return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows])) for k in keys}
+
+
+def learning_rate_at(config: OptimizerConfig, total_steps: int, step: int) -> float:
+    """The schedule's value at a step, for logging (same formula as make_optimizer)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.learning_rate * step / config.warmup_steps
+    decay_steps = max(total_steps, config.warmup_steps + 1) - config.warmup_steps
+    progress = min(max(step - config.warmup_steps, 0) / decay_steps, 1.0)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    end = config.learning_rate * config.end_lr_ratio
+    return end + (config.learning_rate - end) * cosine
+
+
+Batches = Iterator[Mapping[str, Any]]
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What a stage's batch producer hands the loop for one step."""
+
+    batch: Mapping[str, Any]
+    host_metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    tokens: int = 0  # tokens processed this step (for tokens/s)
+
+
+def step_rng(base: jax.Array, step: int) -> jax.Array:
+    """The key of one step: a function of (run seed, step) only, so a resumed run draws
+    exactly what an uninterrupted one would have."""
+    return jax.random.fold_in(base, step)
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: TrainState
+    last_step: int
+    completed: bool  # False when a preemption signal stopped the loop early
+
+
+def run_loop(
+    *,
+    state: TrainState,
+    start_step: int,
+    train_step: Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, Mapping[str, Any]]],
+    produce: Callable[[TrainState, jax.Array], StepOutput],
+    loop: LoopConfig,
+    out_dir: str | os.PathLike,
+    base_rng: jax.Array,
+    checkpointer=None,
+    data_state: Callable[[], dict] | None = None,
+    evaluate: Callable[[TrainState], Mapping[str, float]] | None = None,
+    headline: tuple[str, ...] = ("loss",),
+    desc: str = "train",
+) -> LoopResult:
+    """Run loop steps start_step .. loop.steps - 1 (one produce + one train_step each).
+
+    Device metrics are fetched to the host only at log steps, so the loop does not
+    wait on every update. Checkpoints hold the loop step, params, optimizer state,
+    the run's base RNG key and {"iterator": data_state(), "skipped_updates": n}. A
+    SIGTERM (preemption) makes the loop save the current step and return early.
+    """
+    from prorank_jax import checkpoint as ckpt
+
+    logger = MetricsLogger(out_dir, loop.steps, start_step, headline, loop.progress_bar, desc)
+    pending: list[Mapping[str, Any]] = []
+    host_pending: list[Mapping[str, float]] = []
+    tokens, window_start = 0, time.perf_counter()
+    done = start_step
+
+    def save(step: int) -> None:
+        if checkpointer is not None:
+            extra = {"iterator": data_state() if data_state else {}, "skipped_updates": int(state.skipped)}
+            checkpointer.save(step, params=state.params, opt_state=state.opt_state, rng=base_rng,
+                              data_state=extra, force=True)
+
+    completed = True
+    try:
+        with ckpt.preemption_guard():
+            for step in range(start_step, loop.steps):
+                out = produce(state, step_rng(base_rng, step))
+                state, metrics = train_step(state, out.batch)
+                pending.append(metrics)
+                host_pending.append(dict(out.host_metrics))
+                tokens += out.tokens
+                done = step + 1
+                if done % max(loop.log_every, 1) == 0 or done == loop.steps:
+                    row = mean_metrics(pending)
+                    if host_pending and host_pending[0]:
+                        row.update({k: float(np.mean([h[k] for h in host_pending])) for k in host_pending[0]})
+                    row["tokens_per_s"] = tokens / max(time.perf_counter() - window_start, 1e-9)
+                    row["skipped_updates_total"] = int(state.skipped)
+                    logger.log(done, row)
+                    pending, host_pending, tokens, window_start = [], [], 0, time.perf_counter()
+                if evaluate is not None and loop.eval_every and done % loop.eval_every == 0:
+                    logger.log(done, {f"eval/{k}": v for k, v in evaluate(state).items()})
+                logger.advance()
+                if ckpt.preemption_requested():
+                    save(done)
+                    print(f"[prorank] preemption signal: saved step {done}, stopping", flush=True)
+                    completed = done == loop.steps
+                    break
+                if done == loop.steps or (loop.save_every and done % loop.save_every == 0):
+                    save(done)
+    finally:
+        if checkpointer is not None:
+            checkpointer.wait()
+        logger.close()
+    return LoopResult(state, done, completed)

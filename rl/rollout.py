@@ -1,0 +1,96 @@
+"""One GRPO rollout: sample G completions per prompt, reward them, and assemble the
+train batch (advantages, reference and old log-probs) for the update step."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prorank_jax import model, sampling
+from prorank_jax.config import ModelConfig
+from rl.advantages import group_advantages
+from rl.config import GRPOConfig
+from rl.rewards import combined_rewards
+
+
+def completion_logprobs(params, config: ModelConfig, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                        temperature: float, with_entropy: bool = False):
+    """Per-token log-probs [N, T] of completion_ids after left-padded prompts, at a temperature.
+
+    Only the T completion positions are projected onto the vocabulary.
+    """
+    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
+    hidden, _ = model.forward_hidden(params, config, ids, mask)
+    p, t = prompt_ids.shape[1], completion_ids.shape[1]
+    return model.token_logprobs(params, config, hidden[:, p - 1:p + t - 1], completion_ids, temperature,
+                                chunk_size=t, with_entropy=with_entropy)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature"))
+def _logprobs_jit(params, prompt_ids, prompt_mask, completion_ids, completion_mask, *, config, temperature):
+    return completion_logprobs(params, config, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+
+
+def sampling_config(grpo: GRPOConfig, tokenizer: Any, config: ModelConfig) -> sampling.SamplingConfig:
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.eos_token_id
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    return sampling.SamplingConfig(
+        max_new_tokens=grpo.max_completion_tokens, eos_token_ids=eos_ids, pad_token_id=int(pad),
+        temperature=grpo.temperature, top_p=grpo.top_p, top_k=grpo.top_k,
+    )
+
+
+def rollout(
+    params,
+    ref_params,
+    config: ModelConfig,
+    prompts: Mapping[str, np.ndarray],
+    rng: jax.Array,
+    grpo: GRPOConfig,
+    sampler: sampling.SamplingConfig,
+    tokenizer: Any,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """prompts: {"input_ids" [B, P], "attention_mask" [B, P], "label" [B] (0/1)}.
+
+    Returns the train batch (N = B * G rows) and host metrics of the rollout.
+    """
+    g = grpo.group_size
+    out = sampling.sample(params, config, prompts["input_ids"], prompts["attention_mask"], rng, sampler, g)
+    tokens, completion_mask = np.asarray(out.tokens), np.asarray(out.completion_mask)
+    texts = sampling.completion_texts(tokenizer, tokens, completion_mask, sampler.eos_token_ids)
+    labels = [str(int(x)) for x in np.repeat(np.asarray(prompts["label"]), g)]
+    total, per_reward = combined_rewards(texts, labels, dict(grpo.reward_weights), allowed_labels=grpo.allowed_labels)
+    advantages = group_advantages(jnp.asarray(total), g, scale=grpo.advantage_scale, ddof=grpo.std_ddof,
+                                  eps=grpo.advantage_eps)
+
+    batch: dict[str, Any] = {
+        "prompt_ids": np.repeat(np.asarray(prompts["input_ids"]), g, axis=0),
+        "prompt_mask": np.repeat(np.asarray(prompts["attention_mask"]), g, axis=0),
+        "completion_ids": tokens,
+        "completion_mask": completion_mask,
+        "advantages": np.asarray(advantages, np.float32),
+    }
+    args = (batch["prompt_ids"], batch["prompt_mask"], tokens, completion_mask)
+    if grpo.beta > 0:
+        batch["ref_logp"] = np.asarray(_logprobs_jit(ref_params, *args, config=config, temperature=grpo.temperature))
+    if grpo.updates_per_rollout > 1:
+        # The policy that sampled: the ratio of later updates is measured against it.
+        batch["old_logp"] = np.asarray(_logprobs_jit(params, *args, config=config, temperature=grpo.temperature))
+
+    lengths = completion_mask.sum(axis=1)
+    grouped = np.asarray(total).reshape(-1, g)
+    metrics = {
+        "reward": float(np.mean(total)),
+        "reward_std_in_group": float(np.mean(grouped.std(axis=1))),
+        "format_rate": float(np.mean(per_reward["format"])) if "format" in per_reward else float("nan"),
+        "accuracy": float(np.mean(per_reward["correctness"])) if "correctness" in per_reward else float("nan"),
+        "completion_length": float(np.mean(lengths)),
+        "groups_without_signal": float(np.mean(grouped.std(axis=1) == 0)),
+    }
+    return batch, metrics

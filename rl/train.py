@@ -1,0 +1,93 @@
+"""Stage 1: the GRPO train loop (rollout on the host side, jitted sharded update).
+
+The loss is a pure function of (params, batch); the loop, optimizer, sharding,
+non-finite guard, metrics and checkpoints come from prorank_jax.training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prorank_jax import sampling, training
+from prorank_jax.config import ModelConfig
+from rl.config import GRPOConfig
+from rl.loss import grpo_loss_terms, reduce_sums
+from rl.rollout import completion_logprobs, rollout, sampling_config
+
+
+def grpo_loss(params, batch: Mapping[str, jax.Array], *, config: ModelConfig, grpo: GRPOConfig):
+    """GRPO objective on one rollout batch; returns (loss, metrics)."""
+    mask = batch["completion_mask"].astype(jnp.float32)
+    logp, entropy = completion_logprobs(params, config, batch["prompt_ids"], batch["prompt_mask"],
+                                        batch["completion_ids"], batch["completion_mask"], grpo.temperature,
+                                        with_entropy=True)
+    # One update per rollout: the sampling policy is the current one, so old = logp
+    # with its gradient stopped (ratio exactly 1, gradient = A * grad logp).
+    old_logp = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
+    ref_logp = batch.get("ref_logp")
+    loss_sum, denominator, sums = grpo_loss_terms(
+        logp, old_logp, ref_logp, batch["advantages"], mask,
+        epsilon_low=grpo.epsilon_low, epsilon_high=grpo.epsilon_high, beta=grpo.beta,
+        aggregation=grpo.loss_aggregation, max_completion_tokens=grpo.max_completion_tokens,
+    )
+    metrics = {name: reduce_sums(*value) for name, value in sums.items()}
+    metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(mask.sum(), 1.0)
+    return reduce_sums(loss_sum, denominator), metrics
+
+
+@dataclasses.dataclass
+class GRPOStage:
+    """Everything one GRPO run holds between steps (built by launch/train_grpo.py)."""
+
+    config: ModelConfig
+    grpo: GRPOConfig
+    tokenizer: Any
+    ref_params: Any
+    prompts: Any  # iterator of {"input_ids", "attention_mask", "label"} numpy batches
+    sampler: sampling.SamplingConfig = None
+
+    def __post_init__(self):
+        if self.sampler is None:
+            self.sampler = sampling_config(self.grpo, self.tokenizer, self.config)
+
+    def produce(self, state: training.TrainState, rng: jax.Array) -> training.StepOutput:
+        prompts = next(self.prompts)
+        batch, metrics = rollout(state.params, self.ref_params, self.config, prompts, rng, self.grpo,
+                                 self.sampler, self.tokenizer)
+        tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+        return training.StepOutput(batch=batch, host_metrics=metrics, tokens=tokens)
+
+
+def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sampling.SamplingConfig) -> dict:
+    """Held-out accuracy of greedy answers, with the majority-class rate beside it."""
+    greedy = dataclasses.replace(sampler, greedy=True, temperature=0.0)
+    correct = formatted = total = positives = 0
+    for batch in batches:
+        out = sampling.sample(params, config, batch["input_ids"], batch["attention_mask"], jax.random.key(0), greedy)
+        texts = sampling.completion_texts(tokenizer, out.tokens, out.completion_mask, greedy.eos_token_ids)
+        rows = np.asarray(batch.get("example_mask", np.ones(len(texts))), bool)
+        for text, label, keep in zip(texts, np.asarray(batch["label"]), rows):
+            if not keep:
+                continue
+            answer = text.strip()
+            correct += answer == str(int(label))
+            formatted += answer in ("0", "1")
+            positives += int(label)
+            total += 1
+    if total == 0:
+        raise ValueError("greedy_accuracy: the evaluation set is empty")
+    majority = max(positives, total - positives) / total
+    return {"accuracy": correct / total, "format_rate": formatted / total, "majority_rate": majority, "pairs": total}
+
+
+def save_final(out_dir: str | Path, params, config: ModelConfig, tokenizer_dir) -> Path:
+    """The final policy as an HF folder beside the checkpoints (what stage 2 starts from)."""
+    from prorank_jax import hf
+
+    return hf.save(params, config, Path(out_dir) / "hf", tokenizer_dir=tokenizer_dir)

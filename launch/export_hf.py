@@ -1,0 +1,49 @@
+"""`prorank export-hf --checkpoint DIR [--step N] --out HF_DIR`: a folder for transformers,
+mxbai-rerank and sentence-transformers (CrossEncoder), with a model card.
+
+--checkpoint is a prorank run folder (the latest complete step unless --step) or an HF
+folder. The folder is written atomically and only after reloading it reproduces the
+checkpoint's scores (see prorank_jax/export.py). --push-to-hub REPO_ID uploads it
+afterwards; it needs HF_TOKEN in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv):
+    from prorank_jax.export import DEFAULT_LICENSE, EXPORT_DTYPES
+
+    parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--checkpoint", required=True, help="prorank run folder (or an HF folder)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
+    parser.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's tokenizer/)")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="weights dtype (default float32)")
+    parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"model card license (default {DEFAULT_LICENSE})")
+    parser.add_argument("--base-model", default=None,
+                        help="hub id for the card's base_model (default: from the run config when it names one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                        help="upload the folder to this Hub repo afterwards (needs HF_TOKEN)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from prorank_jax.export import ExportCheckError, ExportError, export_hf
+
+    try:
+        export_hf(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
+                  license=args.license, base_model=args.base_model, push_to_hub=args.push_to_hub,
+                  overwrite=args.overwrite)
+    except (ExportError, ExportCheckError, FileNotFoundError) as err:
+        print(f"prorank export-hf: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

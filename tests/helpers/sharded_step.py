@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -49,7 +46,33 @@ def grpo_case():
     return functools.partial(grpo_loss, config=TINY, grpo=grpo), batch
 
 
-BUILDERS = {"grpo": grpo_case}
+def score_case():
+    from scoring.losses import ScoreLossConfig
+    from scoring.train import score_loss
+
+    loss_config = ScoreLossConfig(pointwise_weight=0.5, listwise_weight=1.0, pairwise_weight=0.5,
+                                  label_mode="graded", max_grade=3)
+    rng = np.random.RandomState(1)
+    b, n, length = 8, 3, 10
+    attention_mask = np.ones((b, n, length), np.int32)
+    attention_mask[::2, :, :3] = 0  # left padding
+    attention_mask[1, 2] = 0  # a masked negative slot
+    attention_mask[7] = 0  # a padding row
+    doc_mask = attention_mask.max(axis=-1)
+    example_mask = np.ones((b,), np.int32)
+    example_mask[7] = 0
+    labels = np.array([[3, 1, 0]] * b, np.int32) * doc_mask
+    batch = {
+        "input_ids": rng.randint(0, 64, (b, n, length)).astype(np.int32),
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "doc_mask": doc_mask,
+        "example_mask": example_mask,
+    }
+    return functools.partial(score_loss, config=TINY, loss_config=loss_config, yes_id=17, no_id=42), batch
+
+
+BUILDERS = {"grpo": grpo_case, "score": score_case}
 
 
 def one_step(mesh, loss_fn, batch, params):
@@ -66,6 +89,8 @@ def one_step(mesh, loss_fn, batch, params):
 
 
 def main(stage: str) -> None:
+    if jax.device_count() != 8:
+        raise SystemExit("run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (see tests/rl/test_train_step.py)")
     loss_fn, batch = BUILDERS[stage]()
     params = jax.device_get(model.init_params(TINY, jax.random.key(0), init_std=0.1))
     big = shd.make_mesh(2, 2, 2)

@@ -1,0 +1,452 @@
+"""The Reranker: mxbai-rerank-v2's `predict` / `rank`, score for score, on JAX.
+
+    reranker = Reranker.from_pretrained("path/to/model")       # HF folder or prorank run folder
+    reranker.rank("what is X?", documents, top_k=10)           # -> [RankResult(index, score, document)]
+    reranker.predict(queries, documents, normalize=True)       # -> np.ndarray float32
+
+Semantics follow mxbai-rerank 0.1.6 (MxbaiRerankV2 + BaseReranker):
+  * prompts and truncation are prorank_jax.prompts (checked id for id against mxbai);
+  * the score is scoring.score.rerank_scores: logit("1") - logit("0") at the last position,
+    float32 whatever the compute dtype;
+  * normalize=True is sigmoid(score - estimated_max / 2); estimated_max defaults to mxbai's
+    table for the two hub ids and 12.0 otherwise (a local folder is "otherwise", as in mxbai);
+  * rank() orders by score descending, ties by document index ascending (mxbai's lexsort).
+    mxbai first takes an argpartition top-k, whose choice among ties at the k-th place is
+    arbitrary; here that choice is the lowest indices, so results are deterministic.
+
+Where this differs from mxbai, on purpose and without changing a score beyond float noise:
+  * pairs are sorted by token length and cut into batches of `batch_size`, each padded on
+    the left to a length bucket (see `length_buckets`) rather than to the batch maximum;
+  * the last batch of a call is filled up with copies of its first row to the next power of
+    two (at most batch_size), so the number of compiled shapes stays bounded:
+        at most len(length_buckets(L)) * len(row_sizes(B))
+    for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`); for
+    Qwen2.5 with max_length=8192 (L = 8192 + 77-token template) and B = 32 that is
+    37 lengths x 6 row counts = 222 shapes at most, and one call compiles at most one
+    shape per batch it runs;
+  * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
+  * documents (or queries) cut by the truncation rules are counted and reported in a
+    TruncationWarning; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import numbers
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from prorank_jax import hf
+from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
+from prorank_jax.model import dtype_of
+from prorank_jax.prompts import EncodedPair, RerankPrompt, estimated_max_for, left_pad, sigmoid_normalize
+from scoring.score import rerank_scores
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_LENGTH = 8192  # mxbai's default
+DEFAULT_STEPS_PER_OCTAVE = 4
+RUN_FOLDER_FILES = ("run_config.json", "model_config.json")
+
+
+class TruncationWarning(UserWarning):
+    """Some prompts were cut by mxbai's truncation rules (counts in the message)."""
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One ranked document: its index in the input list, its score, the text (or None)."""
+
+    index: int
+    score: float
+    document: str | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Pair indices scored together, padded to `rows` x `length` (rows >= len(indices))."""
+
+    indices: np.ndarray
+    rows: int
+    length: int
+
+
+# ----------------------------------------------------------------------------- shapes
+def length_buckets(max_total_length: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE) -> tuple[int, ...]:
+    """Padded lengths a batch may take: 8, 16, ..., 64, then `steps_per_octave` even steps per
+    doubling (64, 80, 96, 112, 128, 160, ... for 4), ending with max_total_length rounded up to 8.
+
+    Finer steps waste less padding (at most 1/steps_per_octave of a batch above 64 tokens)
+    at the price of more shapes to compile.
+    """
+    if max_total_length <= 0:
+        raise ValueError(f"max_total_length must be positive, got {max_total_length}")
+    if steps_per_octave not in (1, 2, 4, 8):
+        raise ValueError(f"steps_per_octave must be 1, 2, 4 or 8 (steps stay multiples of 8), got {steps_per_octave}")
+    top = -(-max_total_length // 8) * 8
+    buckets = list(range(8, 65, 8))
+    octave = 64
+    while octave < top:
+        step = octave // steps_per_octave
+        buckets += [octave + i * step for i in range(1, steps_per_octave + 1)]
+        octave *= 2
+    return tuple(b for b in buckets if b < top) + (top,)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `length` tokens."""
+    i = bisect.bisect_left(buckets, length)
+    if i == len(buckets):
+        raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {buckets[-1]}")
+    return buckets[i]
+
+
+def row_sizes(batch_size: int) -> tuple[int, ...]:
+    """Row counts a batch may take: powers of two below batch_size, and batch_size."""
+    sizes = [1 << i for i in range(max(batch_size - 1, 0).bit_length()) if (1 << i) < batch_size]
+    return tuple(sizes) + (batch_size,)
+
+
+def rows_for(n: int, batch_size: int) -> int:
+    """Rows to pad a batch of n pairs to: the next power of two, at most batch_size."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
+def max_compiled_shapes(max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE) -> int:
+    return len(length_buckets(max_total_length, steps_per_octave)) * len(row_sizes(batch_size))
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]) -> list[Batch]:
+    """Sort pairs by length (longest first, so a memory problem shows in the first batch) and
+    cut them into batches; only the last batch can be short of batch_size pairs."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        longest = int(lengths[idx[0]])
+        batches.append(Batch(indices=idx, rows=rows_for(len(idx), batch_size), length=bucket_for(longest, buckets)))
+    return batches
+
+
+def batch_arrays(sequences: Sequence[Sequence[int]], batch: Batch, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids and mask of one batch; filler rows repeat the first real row so that no
+    row is fully masked (their scores are discarded)."""
+    rows = [sequences[i] for i in batch.indices]
+    rows += [rows[0]] * (batch.rows - len(rows))
+    return left_pad(rows, batch.length, pad_id)
+
+
+def top_k_order(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores: score descending, ties by index ascending."""
+    scores = np.asarray(scores)
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return order[:k]
+
+
+def truncation_counts(encoded: Sequence[EncodedPair]) -> tuple[int, int]:
+    """(pairs whose query was cut, pairs whose document was cut)."""
+    return sum(e.query_truncated for e in encoded), sum(e.document_truncated for e in encoded)
+
+
+def default_dtype(backend: str | None = None) -> str:
+    """float32 on CPU (bfloat16 matmuls are slow there and the reference is float32),
+    bfloat16 on accelerators."""
+    backend = backend or jax.default_backend()
+    return "float32" if backend == "cpu" else "bfloat16"
+
+
+def is_run_folder(path: Path) -> bool:
+    return all((path / name).is_file() for name in RUN_FOLDER_FILES) and (path / "checkpoints").is_dir()
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_text_list(name: str, values: Any) -> list:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
+    return list(values)
+
+
+def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
+    """rerank_scores with the model fixed, jitted: compiled once per (rows, length) input shape.
+
+    The config is closed over rather than passed as a static argument because it need not
+    be hashable (eos_token_id may be a list).
+    """
+    return jax.jit(lambda params, ids, mask: rerank_scores(params, config, ids, mask, yes_id, no_id))
+
+
+def load_tokenizer(folder: str | os.PathLike, config: ModelConfig | None = None):
+    """The HF tokenizer of a model folder, left padding as mxbai sets it.
+
+    `config` matters for a run folder's tokenizer/, which has no config.json beside it:
+    AutoTokenizer picks the tokenizer class from the model config's type when the
+    tokenizer files do not name one (transformers 5 then uses e.g. Qwen2Tokenizer, whose
+    pre-tokenizer rules differ from a bare tokenizer.json); passing the model's config
+    gives the same class, hence the same ids, as loading the exported HF folder.
+    """
+    from transformers import AutoConfig, AutoTokenizer  # imported here: transformers is slow to import
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    kwargs = {}
+    if config is not None and not (folder / "config.json").is_file():
+        kwargs["config"] = AutoConfig.for_model(**config.to_hf())
+    return AutoTokenizer.from_pretrained(str(folder), padding_side="left", **kwargs)
+
+
+# ----------------------------------------------------------------------------- Reranker
+class Reranker:
+    """A ProRank / mxbai-rerank-v2 style reranker on JAX (see the module docstring).
+
+    Args:
+      config, params: the decoder (prorank_jax.hf.load or checkpoint.load_for_inference).
+      tokenizer: a transformers tokenizer with the Qwen chat tokens.
+      max_length: token budget for query + document, mxbai's max_length (lowered to fit
+        the model's max_position_embeddings with the template).
+      dtype: compute dtype; None means float32 on CPU, bfloat16 elsewhere. Weights are
+        stored in it too (they are only read). Scores are float32 either way.
+      batch_size: pairs per forward pass.
+      estimated_max: for normalize=True; None means mxbai's default for `model_id`.
+      show_progress: tqdm bar for calls of more than one batch; None shows it on a terminal only.
+      steps_per_octave: length-bucket granularity (see length_buckets).
+      model_id: name used for the estimated_max lookup (mxbai keys it by hub id).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Any,
+        tokenizer: Any,
+        *,
+        max_length: int | None = DEFAULT_MAX_LENGTH,
+        dtype: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        estimated_max: float | None = None,
+        show_progress: bool | None = None,
+        steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE,
+        model_id: str | None = None,
+    ):
+        dtype = dtype or default_dtype()
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.config = config.replace(dtype=dtype, param_dtype=dtype)
+        target = dtype_of(dtype)
+        self.params = jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params))
+        self.tokenizer = tokenizer
+        self.prompt = RerankPrompt(tokenizer, max_length, config.max_position_embeddings)
+        self.pad_id = _pad_id(tokenizer)
+        self.estimated_max = float(estimated_max) if estimated_max is not None else estimated_max_for(model_id)
+        self.show_progress = show_progress
+        self.buckets = length_buckets(self.prompt.max_total_length, steps_per_octave)
+        self.steps_per_octave = steps_per_octave
+        self._score_fn = jitted_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
+        # (rows, length) shapes this reranker has run; each is compiled once by jax.jit.
+        self.compiled_shapes: set[tuple[int, int]] = set()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        max_length: int | None = DEFAULT_MAX_LENGTH,
+        dtype: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        estimated_max: float | None = None,
+        show_progress: bool | None = None,
+        steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE,
+        step: int | None = None,
+    ) -> "Reranker":
+        """Load an HF folder (config.json + safetensors + tokenizer) or a prorank run folder
+        (run_config.json + model_config.json + tokenizer/ + checkpoints/; `step` picks a
+        checkpoint, default the latest). As in mxbai, estimated_max=None looks the path up in
+        the table of hub ids, so a local folder gets the 12.0 default."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: model folder not found")
+        if is_run_folder(path):
+            # Imported only here: orbax is heavy and HF folders do not need it.
+            from prorank_jax.checkpoint import load_for_inference
+
+            config, params, tokenizer_dir = load_for_inference(path, step=step)
+            if tokenizer_dir is None:
+                raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
+        elif (path / "config.json").is_file():
+            if step is not None:
+                raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
+            config, params = hf.load(path)
+            tokenizer_dir = path
+        else:
+            raise FileNotFoundError(
+                f"{path}: neither an HF model folder (config.json + model.safetensors + tokenizer files) "
+                f"nor a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + tokenizer/ + checkpoints/)"
+            )
+        return cls(
+            config,
+            params,
+            load_tokenizer(tokenizer_dir, config),
+            max_length=max_length,
+            dtype=dtype,
+            batch_size=batch_size,
+            estimated_max=estimated_max,
+            show_progress=show_progress,
+            steps_per_octave=steps_per_octave,
+            model_id=str(path),
+        )
+
+    @property
+    def max_compiled_shapes(self) -> int:
+        return max_compiled_shapes(self.prompt.max_total_length, self.batch_size, self.steps_per_octave)
+
+    # ------------------------------------------------------------------------- public
+    def predict(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        normalize: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Scores of the pairs (queries[i], documents[i]) as float32 [len(queries)]."""
+        queries = _check_text_list("queries", queries)
+        documents = _check_text_list("documents", documents)
+        if len(queries) != len(documents):
+            raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
+        batch_size = self.batch_size if batch_size is None else _check_positive_int("batch_size", batch_size)
+        if not queries:
+            return np.zeros((0,), np.float32)
+        encoded = self.prompt.encode_batch(queries, documents, instruction=instruction)
+        self._warn_truncation(encoded)
+        scores = self._score_ids([e.input_ids for e in encoded], batch_size)
+        if normalize:
+            scores = sigmoid_normalize(scores, self.estimated_max).astype(np.float32)
+        return scores
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int = 100,
+        batch_size: int | None = None,
+        instruction: str | None = None,
+        return_documents: bool = True,
+    ) -> list[RankResult]:
+        """The top_k documents for one query, best first (ties: lower index first).
+
+        No documents give an empty list (mxbai would fail on the empty top-k).
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("query is empty; a reranking prompt needs a non-empty query")
+        top_k = _check_positive_int("top_k", top_k)
+        documents = _check_text_list("documents", documents)
+        scores = self.predict([query] * len(documents), documents, instruction=instruction, batch_size=batch_size)
+        return [
+            RankResult(index=int(i), score=float(scores[i]), document=documents[i] if return_documents else None)
+            for i in top_k_order(scores, top_k)
+        ]
+
+    # ------------------------------------------------------------------------- internals
+    def _warn_truncation(self, encoded: Sequence[EncodedPair]) -> None:
+        queries_cut, documents_cut = truncation_counts(encoded)
+        if not (queries_cut or documents_cut):
+            return
+        budget = self.prompt.max_length
+        warnings.warn(
+            f"{documents_cut} of {len(encoded)} documents were truncated to fit max_length={budget} tokens "
+            f"(query + document); {queries_cut} of {len(encoded)} queries were truncated to {budget * 3 // 4} "
+            "tokens (3/4 of max_length). They are scored on the kept text, as mxbai-rerank does.",
+            TruncationWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+    def _score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
+        batches = plan_batches([len(s) for s in sequences], batch_size, self.buckets)
+        scores = np.zeros(len(sequences), np.float32)
+        if self.show_progress is None:
+            disable = len(batches) <= 1 or not _stderr_is_terminal()
+        else:
+            disable = not self.show_progress
+        bar = tqdm(total=len(sequences), desc="Reranking", unit="pair", disable=disable)
+        pending = None  # one batch in flight: tokens of the next batch are padded while it runs
+        with bar:
+            for batch in batches:
+                ids, mask = batch_arrays(sequences, batch, self.pad_id)
+                self.compiled_shapes.add((batch.rows, batch.length))
+                out = self._score_fn(self.params, ids, mask)
+                if pending is not None:
+                    self._collect(scores, *pending, bar)
+                pending = (batch, out)
+            if pending is not None:
+                self._collect(scores, *pending, bar)
+        return scores
+
+    @staticmethod
+    def _collect(scores: np.ndarray, batch: Batch, out: jax.Array, bar) -> None:
+        values = np.asarray(out, dtype=np.float32)[: len(batch.indices)]
+        if not np.all(np.isfinite(values)):
+            bad = batch.indices[~np.isfinite(values)]
+            raise FloatingPointError(f"non-finite scores for pairs {bad[:10].tolist()} (check the weights / dtype)")
+        scores[batch.indices] = values
+        bar.update(len(batch.indices))
+
+
+def _pad_id(tokenizer: Any) -> int:
+    # Padded columns are masked out of attention and never read, so any valid id works;
+    # the tokenizer's own pad id is preferred only for readability of dumped batches.
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _caller_stacklevel() -> int:
+    """warnings.warn stacklevel of the first frame outside this file, so the warning points
+    at the user's line whether it came through rank() or predict()."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = [
+    "Batch",
+    "RankResult",
+    "Reranker",
+    "TruncationWarning",
+    "bucket_for",
+    "length_buckets",
+    "max_compiled_shapes",
+    "plan_batches",
+    "row_sizes",
+    "rows_for",
+    "top_k_order",
+]

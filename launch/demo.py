@@ -1,72 +1,124 @@
-"""`prorank demo`: the bundled tiny default, end to end.
+"""`prorank demo`: the whole method on the bundled tiny default, end to end.
 
-Builds the bundled tiny Qwen2 model with random weights, writes it as a Hugging
-Face folder, loads it back and reports parity: tensors bit-identical, JAX logits
-equal before and after, and (when PyTorch is installed) transformers' logits on
-the exported folder against ours.
+Stage 1 (GRPO prompt warmup, grpo_tiny.yaml), stage 2 (score learning from the
+stage-1 run, score_tiny.yaml), evaluation on the bundled test split (BM25 alone,
+BM25 reranked by the stage-1 model, and by the stage-2 model), export of the stage-2
+model as a Hugging Face folder, a summary table and a PNG of the training curves.
+Re-running with the same --out resumes the stages where they stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from prorank_jax import hf, model
-from prorank_jax.config import ModelConfig
-from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir
+from launch import config as cfglib
 
 
-def parity_report(out_dir: Path, seed: int = 0) -> list[tuple[str, str]]:
-    config = ModelConfig.from_hf(json.loads((bundled_data_dir() / "tiny_model.json").read_text()))
-    params = model.init_params(config, jax.random.key(seed))
-    folder = hf.save(params, config, out_dir / "tiny-hf", tokenizer_dir=bundled_tokenizer_dir())
-    config2, params2 = hf.load(folder)
+def _stage_overrides(out: Path, steps: int | None) -> list[str]:
+    overrides = [f"out_dir={out}"]
+    if steps is not None:
+        every = max(steps // 4, 1)
+        overrides += [f"loop.steps={steps}", f"loop.log_every={max(steps // 20, 1)}",
+                      f"loop.eval_every={every}", f"loop.save_every={every}"]
+    return overrides
 
-    rows = [("parameters", f"{model.count_params(params):,}"), ("exported to", str(folder))]
-    same = all(
-        np.asarray(a).tobytes() == np.asarray(b).tobytes()
-        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2))
-    )
-    rows.append(("ours -> HF -> ours tensors bit-identical", str(same and config2 == config)))
 
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(0, config.vocab_size, (4, 32)).astype(np.int32)
-    mask = np.ones_like(ids)
-    mask[1, :10] = 0
-    mask[3, :25] = 0
-    ours = np.asarray(model.full_logits(params, config, ids, mask))
-    again = np.asarray(model.full_logits(params2, config2, ids, mask))
-    real = mask.astype(bool)
-    rows.append(("logits max |diff| after round trip", f"{np.abs(ours - again)[real].max():.2e}"))
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        rows.append(("transformers (PyTorch) parity", "skipped: torch is not installed"))
-        return rows
-    torch_model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    positions = np.clip(np.cumsum(mask, 1) - 1, 0, None)
-    with torch.no_grad():
-        ref = torch_model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                          position_ids=torch.tensor(positions, dtype=torch.long)).logits.numpy()
-    rows.append(("transformers vs ours logits max |diff|", f"{np.abs(ref - ours)[real].max():.2e}"))
-    return rows
+def plot_curves(grpo_dir: Path, score_dir: Path, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prorank_jax.training import read_metrics
+
+    stage1, stage2 = read_metrics(grpo_dir), read_metrics(score_dir)
+
+    def series(rows, key):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("reward", "format_rate", "accuracy"):
+        axes[0].plot(*series(stage1, key), label=key)
+    axes[0].set_title("stage 1 (GRPO): reward and rates")
+    axes[1].plot(*series(stage1, "kl"), color="tab:red")
+    axes[1].set_title("stage 1: KL to the reference policy")
+    axes[2].plot(*series(stage2, "eval/ndcg@10"), marker="o", label="validation nDCG@10")
+    axes[2].plot(*series(stage2, "accuracy"), label="train in-group accuracy")
+    axes[2].set_title("stage 2 (score learning)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[2].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | None = None, top_k: int = 20) -> dict:
+    from launch.train_grpo import run_grpo
+    from launch.train_score import run_score
+    from prorank_jax.data import bundled_data_dir, load_beir
+    from prorank_jax.export import export_hf
+    from scoring.evaluate import RERANKED, evaluate
+    from scoring.metrics import format_metrics_table
+    from scoring.reranker import Reranker
+
+    start = time.perf_counter()
+    grpo_dir, score_dir = out / "grpo", out / "score"
+    print("== stage 1: GRPO prompt warmup (bundled tiny model, random init)", flush=True)
+    stage1 = run_grpo(cfglib.load_config("grpo_tiny", _stage_overrides(grpo_dir, grpo_steps)))
+    print("== stage 2: score learning from the stage-1 run", flush=True)
+    stage2 = run_score(cfglib.load_config(
+        "score_tiny", _stage_overrides(score_dir, score_steps) + [f"model.path={grpo_dir}"]))
+
+    print(f"== evaluation: bundled test split, BM25 top {top_k} reranked", flush=True)
+    data = load_beir(bundled_data_dir(), "test")
+    rows: dict[str, dict[str, float]] = {}
+    for name, run_dir in (("stage 1 (GRPO)", grpo_dir), ("stage 2 (score)", score_dir)):
+        report = evaluate(Reranker.from_pretrained(run_dir, show_progress=False), data, top_k=top_k,
+                          out_dir=out / "eval" / run_dir.name)
+        rows.setdefault(f"BM25 (first stage)", report.metrics[report.first_stage])
+        rows[f"BM25 + {name}"] = report.metrics[RERANKED]
+
+    print("== export: stage-2 model as a Hugging Face folder", flush=True)
+    exported = export_hf(score_dir, out / "export", overwrite=True)
+    plot = plot_curves(grpo_dir, score_dir, out / "curves.png")
+
+    summary = {
+        "stage1": stage1.get("eval", {}),
+        "stage2": stage2.get("eval", stage2),
+        "evaluation": rows,
+        "export": str(exported.out_dir),
+        "plot": str(plot),
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print()
+    print(f"stage 1 held-out pairs (greedy answers): {json.dumps(summary['stage1'])}")
+    print(f"evaluation on the bundled test split ({len(data.qrels)} queries):")
+    print(format_metrics_table(rows))
+    print(f"export: {exported.out_dir}  (self-check max |score diff| "
+          f"{getattr(exported.check, 'max_abs_diff', 'n/a')})")
+    print(f"curves: {plot}")
+    print(f"summary: {out / 'summary.json'}  ({summary['minutes']} min)")
+    return summary
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prorank demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grpo-steps", type=int, default=None, help="default: grpo_tiny.yaml's loop.steps")
+    parser.add_argument("--score-steps", type=int, default=None, help="default: score_tiny.yaml's loop.steps")
+    parser.add_argument("--top-k", type=int, default=20, help="BM25 candidates reranked per query")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = parity_report(out, args.seed)
-    width = max(len(k) for k, _ in rows)
-    print("prorank-jax parity report (bundled tiny Qwen2 model)")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
+    run_demo(Path(args.out), grpo_steps=args.grpo_steps, score_steps=args.score_steps, top_k=args.top_k)
     return 0

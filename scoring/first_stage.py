@@ -23,6 +23,8 @@ import numpy as np
 from scoring.metrics import trec_eval_order, validate_run
 
 logger = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG, which floods every evaluation with index-building lines.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def _check_k(k: int) -> None:

@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.rank import add_reranker_args
 from prorank_jax.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prorank evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="HF model folder or prorank run folder")
+    add_reranker_args(parser)
     parser.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--run", default=None, help="first-stage TREC run (default: BM25 top-k)")
     parser.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default 100)")
     parser.add_argument("--out", default=None, help="folder for reranked.run, metrics.json, per_query.tsv")
-    parser.add_argument("--instruction", default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=8192, help="query + document token budget (default 8192)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
     return parser
 
 

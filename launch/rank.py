@@ -76,16 +76,21 @@ def format_ranking(results, lines: list[int]) -> str:
     return "\n".join([header, *rows])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0])
+def add_reranker_args(parser: argparse.ArgumentParser) -> None:
+    """The options `rank` and `evaluate` share: which model, and how it reads the prompt."""
     parser.add_argument("--model", required=True, help="HF model folder or prorank run folder")
-    parser.add_argument("--query", required=True)
-    parser.add_argument("--documents", required=True, help="JSONL (text/document field) or plain text, one per line")
-    parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--instruction", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=8192, help="query + document token budget (default 8192)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0])
+    add_reranker_args(parser)
+    parser.add_argument("--query", required=True)
+    parser.add_argument("--documents", required=True, help="JSONL (text/document field) or plain text, one per line")
+    parser.add_argument("--top-k", type=int, default=10)
     return parser
 
 

@@ -21,6 +21,32 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.pretrained import ModelSource, load_model
 
 
+def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
+    """Build the config sections both training commands share (model, data, eval_data,
+    optimizer, loop, mesh) plus the stage's own (e.g. grpo=GRPOConfig), print the resolved
+    config, and handle --dry-run (returns None then)."""
+    from launch import config as cfglib
+    from prorank_jax.data.pipeline import DataConfig
+
+    sections = dict(
+        model=cfglib.section(raw, "model", ModelSource),
+        data=cfglib.section(raw, "data", DataConfig),
+        eval_data=cfglib.section(raw, "eval_data", DataConfig) if raw.get("eval_data") else None,
+        **{name: cfglib.section(raw, name, cls) for name, cls in stage.items()},
+        optimizer=cfglib.section(raw, "optimizer", training.OptimizerConfig),
+        loop=cfglib.section(raw, "loop", training.LoopConfig),
+        mesh=cfglib.section(raw, "mesh", training.MeshConfig),
+    )
+    resolved = cfglib.resolved(raw, **sections)
+    cfglib.print_resolved(resolved)
+    if dry_run:
+        from launch.dry_run import print_dry_run
+
+        print_dry_run(sections["model"], sections["mesh"], sections["optimizer"], sections["loop"])
+        return None
+    return sections, resolved
+
+
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when the launcher says this is one of several processes.
 

@@ -34,38 +34,23 @@ def main(argv: list[str]) -> int:
 
 
 def run_grpo(raw: dict, dry_run: bool = False) -> dict:
-    import jax
-    from transformers import AutoTokenizer
-
-    from launch.runner import lazy_train_step, start_run
+    from launch.runner import lazy_train_step, stage_sections, start_run
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage1_iterator
-    from prorank_jax.pretrained import ModelSource
+    from prorank_jax.pretrained import load_tokenizer
     from prorank_jax.prompts import RerankPrompt
     from rl.config import GRPOConfig
     from rl.train import GRPOStage, greedy_accuracy, grpo_loss, save_final
 
-    sections = dict(
-        model=cfglib.section(raw, "model", ModelSource),
-        data=cfglib.section(raw, "data", DataConfig),
-        eval_data=cfglib.section(raw, "eval_data", DataConfig) if raw.get("eval_data") else None,
-        grpo=cfglib.section(raw, "grpo", GRPOConfig),
-        optimizer=cfglib.section(raw, "optimizer", training.OptimizerConfig),
-        loop=cfglib.section(raw, "loop", training.LoopConfig),
-        mesh=cfglib.section(raw, "mesh", training.MeshConfig),
-    )
-    resolved = cfglib.resolved(raw, **sections)
-    cfglib.print_resolved(resolved)
-    if dry_run:
-        from launch.dry_run import print_dry_run
-
-        print_dry_run(sections["model"], sections["mesh"], sections["optimizer"], sections["loop"])
+    prepared = stage_sections(raw, dry_run, grpo=GRPOConfig)
+    if prepared is None:
         return {}
+    sections, resolved = prepared
     out_dir = Path(raw.get("out_dir") or "runs/grpo")
     run = start_run(out_dir=out_dir, model_source=sections["model"], optimizer=sections["optimizer"],
                     loop=sections["loop"], mesh=sections["mesh"], resolved_config=resolved,
                     updates_per_step=sections["grpo"].updates_per_rollout)
-    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer_dir)
+    tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
     data: DataConfig = sections["data"]
     prompt = RerankPrompt(tokenizer, data.max_length, run.config.max_position_embeddings)
     train_iter = make_stage1_iterator(load_config_examples(data, stage=1), prompt, repeat_forever(data))

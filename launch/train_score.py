@@ -31,33 +31,20 @@ def main(argv: list[str]) -> int:
 def run_score(raw: dict, dry_run: bool = False) -> dict:
     import jax
 
-    from launch.runner import lazy_train_step, start_run
+    from launch.runner import lazy_train_step, stage_sections, start_run
     from prorank_jax import sharding as shd
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage2_iterator
-    from prorank_jax.pretrained import ModelSource
     from prorank_jax.prompts import RerankPrompt
     from rl.train import save_final
     from scoring.losses import ScoreLossConfig
-    from scoring.reranker import load_tokenizer
+    from prorank_jax.pretrained import load_tokenizer
     from scoring.train import ScoreStage, check_label_mode, score_loss, validation_reranker, validation_set
 
-    sections = dict(
-        model=cfglib.section(raw, "model", ModelSource),
-        data=cfglib.section(raw, "data", DataConfig),
-        eval_data=cfglib.section(raw, "eval_data", DataConfig) if raw.get("eval_data") else None,
-        loss=cfglib.section(raw, "loss", ScoreLossConfig),
-        optimizer=cfglib.section(raw, "optimizer", training.OptimizerConfig),
-        loop=cfglib.section(raw, "loop", training.LoopConfig),
-        mesh=cfglib.section(raw, "mesh", training.MeshConfig),
-    )
-    resolved = cfglib.resolved(raw, **sections)
-    cfglib.print_resolved(resolved)
-    if dry_run:
-        from launch.dry_run import print_dry_run
-
-        print_dry_run(sections["model"], sections["mesh"], sections["optimizer"], sections["loop"])
+    prepared = stage_sections(raw, dry_run, loss=ScoreLossConfig)
+    if prepared is None:
         return {}
+    sections, resolved = prepared
     source = raw.get("_source", "config")
     loss: ScoreLossConfig = sections["loss"]
     try:

@@ -501,7 +501,7 @@ def self_check(folder: Path, config: ModelConfig, params, tokenizer_dir: Path, d
                pairs: Sequence[tuple[str, str]] | None = None, atol: float = CHECK_ATOL) -> CheckResult:
     """Score pairs with the written folder (hf.load + its own tokenizer files) and with the
     checkpoint's params (rounded to `dtype`, with the source tokenizer); raise on mismatch."""
-    from scoring.reranker import load_tokenizer
+    from prorank_jax.pretrained import load_tokenizer
 
     pairs = list(pairs or check_pairs())
     source_tok = load_tokenizer(tokenizer_dir, config)
@@ -617,7 +617,7 @@ def export_hf(
     if not any((tokenizer_dir / n).is_file() for n in ("tokenizer.json", "vocab.json")):
         raise ExportError(f"{tokenizer_dir}: --tokenizer folder has no tokenizer.json / vocab.json")
 
-    from scoring.reranker import load_tokenizer
+    from prorank_jax.pretrained import load_tokenizer
     from prorank_jax.prompts import RerankPrompt
 
     try:

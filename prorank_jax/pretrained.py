@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ class ModelSource:
 
 
 def is_run_folder(path: str | Path) -> bool:
-    return (Path(path) / "run_config.json").exists() and (Path(path) / "model_config.json").exists()
+    path = Path(path)
+    return all((path / name).is_file() for name in ("run_config.json", "model_config.json")) and \
+        (path / "checkpoints").is_dir()
 
 
 def has_tokenizer(path: str | Path) -> bool:
@@ -88,3 +91,23 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), **source.overrides())
     params = model.init_params(config, jax.random.key(source.init_seed))
     return config, params, tokenizer_dir or bundled_tokenizer_dir()
+
+
+def load_tokenizer(folder: str | os.PathLike, config: ModelConfig | None = None):
+    """The HF tokenizer of a model folder, left padding as mxbai sets it.
+
+    `config` matters for a run folder's tokenizer/, which has no config.json beside it:
+    AutoTokenizer picks the tokenizer class from the model config's type when the
+    tokenizer files do not name one (transformers 5 then uses e.g. Qwen2Tokenizer, whose
+    pre-tokenizer rules differ from a bare tokenizer.json); passing the model's config
+    gives the same class, hence the same ids, as loading the exported HF folder.
+    """
+    from transformers import AutoConfig, AutoTokenizer  # imported here: transformers is slow to import
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    kwargs = {}
+    if config is not None and not (folder / "config.json").is_file():
+        kwargs["config"] = AutoConfig.for_model(**config.to_hf())
+    return AutoTokenizer.from_pretrained(str(folder), padding_side="left", **kwargs)

@@ -48,6 +48,7 @@ from prorank_jax import hf
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of
 from prorank_jax.prompts import EncodedPair, RerankPrompt, estimated_max_for, left_pad, sigmoid_normalize
+from prorank_jax.pretrained import is_run_folder, load_tokenizer
 from scoring.score import rerank_scores
 
 DEFAULT_BATCH_SIZE = 32
@@ -162,10 +163,6 @@ def default_dtype(backend: str | None = None) -> str:
     return "float32" if backend == "cpu" else "bfloat16"
 
 
-def is_run_folder(path: Path) -> bool:
-    return all((path / name).is_file() for name in RUN_FOLDER_FILES) and (path / "checkpoints").is_dir()
-
-
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -185,26 +182,6 @@ def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
     be hashable (eos_token_id may be a list).
     """
     return jax.jit(lambda params, ids, mask: rerank_scores(params, config, ids, mask, yes_id, no_id))
-
-
-def load_tokenizer(folder: str | os.PathLike, config: ModelConfig | None = None):
-    """The HF tokenizer of a model folder, left padding as mxbai sets it.
-
-    `config` matters for a run folder's tokenizer/, which has no config.json beside it:
-    AutoTokenizer picks the tokenizer class from the model config's type when the
-    tokenizer files do not name one (transformers 5 then uses e.g. Qwen2Tokenizer, whose
-    pre-tokenizer rules differ from a bare tokenizer.json); passing the model's config
-    gives the same class, hence the same ids, as loading the exported HF folder.
-    """
-    from transformers import AutoConfig, AutoTokenizer  # imported here: transformers is slow to import
-
-    folder = Path(folder)
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    kwargs = {}
-    if config is not None and not (folder / "config.json").is_file():
-        kwargs["config"] = AutoConfig.for_model(**config.to_hf())
-    return AutoTokenizer.from_pretrained(str(folder), padding_side="left", **kwargs)
 
 
 # ----------------------------------------------------------------------------- Reranker

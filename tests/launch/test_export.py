@@ -18,7 +18,8 @@ from prorank_jax import checkpoint, hf, model
 from prorank_jax import export as ex
 from prorank_jax.config import ModelConfig
 from prorank_jax.prompts import RerankPrompt, left_pad
-from scoring.reranker import Reranker, load_tokenizer
+from prorank_jax.pretrained import load_tokenizer
+from scoring.reranker import Reranker
 from tests.helpers.tokenizer import build_test_tokenizer
 
 QUERY = "what is the capital of France?"

@@ -17,7 +17,8 @@ from prorank_jax.data.examples import GroupExample
 from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage2_iterator
 from prorank_jax.prompts import RerankPrompt
 from scoring.losses import ScoreLossConfig
-from scoring.reranker import Reranker, load_tokenizer
+from prorank_jax.pretrained import load_tokenizer
+from scoring.reranker import Reranker
 from scoring.train import ranking_metrics, rerank_validation, score_loss, validation_set
 
 

@@ -185,6 +185,17 @@ def _rng_from_json(saved: dict | None):
 
 
 # ----------------------------------------------------------------------------- Checkpointer
+@contextlib.contextmanager
+def _absl_level(level: int):
+    absl_logger = logging.getLogger("absl")
+    previous = absl_logger.level
+    absl_logger.setLevel(level)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(previous)
+
+
 class Checkpointer:
     """Periodic, asynchronous, atomic checkpoints of one training run.
 
@@ -225,7 +236,13 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
             )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+        if read_only:
+            # orbax warns "Given directory is read only" on every read-only open, which is
+            # what read_only asks for; keep it out of inference and export output.
+            with _absl_level(logging.ERROR):
+                self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+        else:
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
 
     def _set_aside_incomplete(self) -> None:
         _, broken = scan_steps(self.directory)

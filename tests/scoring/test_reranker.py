@@ -296,7 +296,7 @@ def test_config_need_not_be_hashable(reranker):
 
 
 def test_run_folder_is_loaded_through_checkpoint_module(model_dir, tmp_path):
-    checkpoint = pytest.importorskip("prorank_jax.checkpoint", reason="prorank_jax.checkpoint not written yet")
+    from prorank_jax import checkpoint
     import jax
 
     from prorank_jax import hf

@@ -65,7 +65,7 @@ def test_relevance_is_lexically_real_and_near_misses_compete(splits):
     # among its top ten for most queries (so reranking is not trivial).
     # Measured when the data was written: nDCG@10 0.85 train / 0.80 test,
     # near-miss in the top ten for 23/31 train and 9/11 test queries.
-    bm25s = pytest.importorskip("bm25s")
+    import bm25s
     data = splits["train"]
     doc_ids = sorted(data.corpus)
     retriever = bm25s.BM25()

@@ -48,6 +48,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from prorank_jax import hf
+from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -380,17 +381,6 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------- run folder
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _differing_keys(old: Mapping, new: Mapping) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
@@ -400,7 +390,8 @@ def _write_json_once(path: Path, value: Mapping, *, must_match: bool) -> None:
     # A JSON round trip makes tuples lists, so the comparison is like for like.
     value = json.loads(json.dumps(value))
     if not path.exists():
-        _write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+        with atomic_text_writer(path) as f:
+            f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
         return
     try:
         old = _read_json(path)

@@ -20,7 +20,8 @@ from typing import Callable, Mapping
 import bm25s
 import numpy as np
 
-from scoring.metrics import trec_eval_order, validate_run
+from prorank_jax.data.trec import ranked_doc_ids
+from scoring.metrics import validate_run
 
 logger = logging.getLogger(__name__)
 # bm25s sets its own logger to DEBUG, which floods every evaluation with index-building lines.
@@ -55,7 +56,7 @@ def top_k_trec_order(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tup
         kth = np.partition(scores[positive], len(positive) - k)[len(positive) - k]
         positive = positive[scores[positive] >= kth]
     cand = {doc_ids[i]: float(scores[i]) for i in positive}
-    return [(d, cand[d]) for d in trec_eval_order(cand)[:k]]
+    return [(d, cand[d]) for d in ranked_doc_ids(cand)[:k]]
 
 
 def bm25_run(
@@ -106,4 +107,4 @@ def rerank_candidates(run: Mapping[str, Mapping[str, float]], k: int) -> dict[st
     """Top-k doc ids of each query of a first-stage run, in trec_eval order (deterministic)."""
     _check_k(k)
     validate_run(run)
-    return {qid: trec_eval_order(docs)[:k] for qid, docs in run.items()}
+    return {qid: ranked_doc_ids(docs)[:k] for qid, docs in run.items()}

@@ -32,11 +32,13 @@ import logging
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import ir_measures
+
+from prorank_jax.data.jsonl import atomic_text_writer
+from prorank_jax.data.trec import ranked_doc_ids
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,6 @@ MISSING_QUERY_MODES = ("zero", "skip")
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
-
-
-def trec_eval_order(doc_scores: Mapping[str, float]) -> list[str]:
-    """Doc ids in trec_eval's ranking order: score descending, ties by doc id descending."""
-    # Two stable sorts: doc id descending first, then score descending keeps that among ties.
-    by_id = sorted(doc_scores, reverse=True)
-    return sorted(by_id, key=lambda d: doc_scores[d], reverse=True)
 
 
 def validate_qrels(qrels: Qrels) -> None:
@@ -100,7 +95,7 @@ def break_ties(run: Run) -> dict[str, dict[str, float]]:
     """Same ranking as trec_eval reads from `run`, with no ties: scores become n, n-1, ..., 1."""
     out = {}
     for qid, docs in run.items():
-        order = trec_eval_order(docs)
+        order = ranked_doc_ids(docs)
         out[qid] = {did: float(len(order) - i) for i, did in enumerate(order)}
     return out
 
@@ -183,31 +178,13 @@ def format_metrics_table(rows: Mapping[str, Mapping[str, float]], digits: int = 
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write through a temp file in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_metrics_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
     """Write a (possibly nested) mapping of metrics as JSON; NaN/inf are rejected, not written."""
     try:
         text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False)
     except ValueError as err:
         raise ValueError(f"{path}: metrics contain a non-finite value ({err})") from err
-    return _atomic_write_text(path, text + "\n")
+    return _write_text(path, text + "\n")
 
 
 def write_per_query_tsv(
@@ -226,4 +203,12 @@ def write_per_query_tsv(
         if missing:
             raise ValueError(f"{path}: query {qid!r} has no value for {missing}")
         lines.append("\t".join([qid, *(repr(float(per_query[qid][m])) for m in measures)]))
-    return _atomic_write_text(path, "\n".join(lines) + "\n")
+    return _write_text(path, "\n".join(lines) + "\n")
+
+
+def _write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_text_writer(path) as f:
+        f.write(text)
+    return path

@@ -9,13 +9,14 @@ import random
 
 import ir_measures
 import pytest
+
+from prorank_jax.data.trec import ranked_doc_ids
 import pytrec_eval
 
 from scoring.metrics import (
     break_ties,
     evaluate_run,
     format_metrics_table,
-    trec_eval_order,
     write_metrics_json,
     write_per_query_tsv,
 )
@@ -97,7 +98,7 @@ def test_ties_follow_trec_eval_for_every_measure():
     run = {"q": {"a": 1.0, "b": 1.0}}
     # trec_eval ranks b before a (doc id descending on ties).
     assert pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)["q"]["recip_rank"] == 1.0
-    assert trec_eval_order(run["q"]) == ["b", "a"]
+    assert ranked_doc_ids(run["q"]) == ["b", "a"]
     # ir_measures alone would give RR@10 = 0.5 here (its msmarco provider sorts ids ascending).
     assert ir_measures.calc_aggregate([ir_measures.RR @ 10], qrels, run)[ir_measures.RR @ 10] == 0.5
     agg, _ = evaluate_run(qrels, run, ("RR@10", "RR", "nDCG@10"))

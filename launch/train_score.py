@@ -35,10 +35,10 @@ def run_score(raw: dict, dry_run: bool = False) -> dict:
     from prorank_jax import sharding as shd
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage2_iterator
+    from prorank_jax.pretrained import load_tokenizer
     from prorank_jax.prompts import RerankPrompt
     from rl.train import save_final
     from scoring.losses import ScoreLossConfig
-    from prorank_jax.pretrained import load_tokenizer
     from scoring.train import ScoreStage, check_label_mode, score_loss, validation_reranker, validation_set
 
     prepared = stage_sections(raw, dry_run, loss=ScoreLossConfig)

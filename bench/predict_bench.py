@@ -1,12 +1,14 @@
 """Reranker.predict (prorank-jax) vs mxbai-style scoring with transformers, same pairs, same weights.
 
     python -m bench.predict_bench --pairs 64 --doc-tokens 200 --threads 2
+    python -m bench.predict_bench --pairs 64 --docs-per-query 16 --reuse-prefix on   # rank()'s workload
 
 Both sides score the same (query, document) pairs with the same random Qwen2.5-0.5B-shaped
 model (built with our init_params, saved once with hf.save, loaded by both):
 
 * prorank-jax: Reranker.predict (length-sorted batches padded to length buckets, jit per
-  shape, only the two label columns of the LM head).
+  shape, only the two label columns of the LM head). `--reuse-prefix` is the Reranker's
+  reuse_prefix (auto: the shared-prefix KV cache is used from 2 documents per query on).
 * transformers: what mxbai-rerank 0.1.6 does per batch: prompt ids (prorank_jax.prompts,
   id-for-id mxbai's, see tests/prorank_jax/test_prompts.py), left padding to a multiple of 8,
   Qwen2ForCausalLM forward without position_ids, logits[:, -1, "1"] - logits[:, -1, "0"].
@@ -15,6 +17,9 @@ model (built with our init_params, saved once with hf.save, loaded by both):
 
 Texts are the bundled dataset's queries and documents; a document is a run of corpus
 documents whose token count is drawn uniformly in [doc_tokens / 2, 3 * doc_tokens / 2].
+`--docs-per-query 1` (the default) gives every pair its own random query; N > 1 gives each
+random query N consecutive documents, the workload of rank() (the transformers side still
+runs every pair's whole prompt, as mxbai does).
 The tokenizer is the bundled tiny BPE (no hub access); only the token counts matter here.
 `--threads` pins the process to that many cores (both frameworks) and sets torch's threads.
 Timings exclude JAX compilation (reported apart) and torch's warm-up batch; the two sides
@@ -33,6 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=64, help="query-document pairs to score (default 64)")
     parser.add_argument("--doc-tokens", type=int, default=200, help="mean document length in tokens (default 200)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--docs-per-query", type=int, default=1,
+                        help="documents per random query (default 1: every pair has its own query)")
+    parser.add_argument("--reuse-prefix", choices=("auto", "on", "off"), default="auto",
+                        help="Reranker reuse_prefix: None / True / False (default auto)")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers for a quick run (default 24)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per side, alternating; the fastest is kept")
@@ -40,13 +49,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", default="runs/bench/qwen25-05b-random", help="where the random HF folder is kept")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("pairs", "doc_tokens", "batch_size", "threads", "repeats"):
+    for name in ("pairs", "doc_tokens", "batch_size", "threads", "repeats", "docs_per_query"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
 
 
-def make_pairs(tokenizer, n_pairs: int, doc_tokens: int, seed: int) -> tuple[list[str], list[str]]:
+def make_pairs(
+    tokenizer, n_pairs: int, doc_tokens: int, seed: int, docs_per_query: int = 1
+) -> tuple[list[str], list[str]]:
     import numpy as np
 
     from prorank_jax.data import bundled_data_dir, load_corpus, load_queries
@@ -56,7 +67,7 @@ def make_pairs(tokenizer, n_pairs: int, doc_tokens: int, seed: int) -> tuple[lis
     queries = list(load_queries(data / "queries.jsonl").values())
     rng = np.random.RandomState(seed)
     qs, docs = [], []
-    for _ in range(n_pairs):
+    for i in range(n_pairs):
         target = rng.randint(max(doc_tokens // 2, 1), doc_tokens * 3 // 2 + 1)
         pieces, count = [], 0
         while count < target:
@@ -65,7 +76,8 @@ def make_pairs(tokenizer, n_pairs: int, doc_tokens: int, seed: int) -> tuple[lis
             take = min(len(ids), target - count)
             pieces.append(tokenizer.decode(ids[:take]))
             count += take
-        qs.append(queries[rng.randint(len(queries))])
+        # Drawn after the document, as with one query per pair, so docs_per_query=1 keeps the old pairs.
+        qs.append(queries[rng.randint(len(queries))] if i % docs_per_query == 0 else qs[-1])
         docs.append("".join(pieces).strip())
     return qs, docs
 
@@ -115,10 +127,13 @@ def main(argv=None) -> None:
     hf.copy_tokenizer_files(bundled_tokenizer_dir(), folder)  # the random model needs some tokenizer
 
     steps = args.steps_per_octave or DEFAULT_STEPS_PER_OCTAVE
+    reuse = {"auto": None, "on": True, "off": False}[args.reuse_prefix]
     reranker = Reranker.from_pretrained(
-        folder, dtype="float32", batch_size=args.batch_size, show_progress=False, steps_per_octave=steps
+        folder, dtype="float32", batch_size=args.batch_size, show_progress=False, steps_per_octave=steps,
+        reuse_prefix=reuse,
     )
-    queries, documents = make_pairs(reranker.tokenizer, args.pairs, args.doc_tokens, args.seed)
+    queries, documents = make_pairs(reranker.tokenizer, args.pairs, args.doc_tokens, args.seed, args.docs_per_query)
+    prefix_path = reranker.uses_prefix_path(queries)
     lengths = [len(e) for e in reranker.prompt.encode_batch(queries, documents)]
 
     start = time.perf_counter()
@@ -143,16 +158,21 @@ def main(argv=None) -> None:
     diff = float(np.abs(ours - theirs).max())
     print(f"machine: {machine_line()}, torch {torch.__version__}, {args.threads} threads")
     print(f"model: Qwen2.5-0.5B shape, {config.num_hidden_layers} layers, random weights, float32")
-    print(f"pairs: {args.pairs}, prompt tokens mean {np.mean(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), "
-          f"batch size {args.batch_size}, {len(reranker.compiled_shapes)} compiled shapes, "
+    shapes = len(reranker.compiled_shapes) + len(reranker.compiled_prefix_shapes) + len(reranker.compiled_extend_shapes)
+    print(f"pairs: {args.pairs} ({len(set(queries))} distinct queries, {args.docs_per_query} docs per query), "
+          f"prompt tokens mean {np.mean(lengths):.0f} (min {min(lengths)}, max {max(lengths)}), "
+          f"batch size {args.batch_size}, {shapes} compiled shapes, "
           f"jax compile ~{compile_s:.1f} s, load average {os.getloadavg()[0]:.1f}")
+    print(f"reuse prefix: {args.reuse_prefix} -> {'shared-prefix KV cache' if prefix_path else 'whole prompts'}")
     print(f"seconds per pass: prorank-jax {[round(t, 1) for t in ours_times]}, "
           f"transformers {[round(t, 1) for t in torch_times]}")
-    print("| layers | pairs | mean prompt tokens | batch | threads | prorank-jax pairs/s | transformers pairs/s "
-          "| speedup | max abs score diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {config.num_hidden_layers} | {args.pairs} | {np.mean(lengths):.0f} | {args.batch_size} | {args.threads} "
-          f"| {args.pairs / ours_s:.2f} | {args.pairs / torch_s:.2f} | {torch_s / ours_s:.2f}x | {diff:.2e} |")
+    print("| layers | pairs | docs/query | reuse prefix | mean prompt tokens | batch | threads | prorank-jax pairs/s "
+          "| transformers pairs/s | speedup | max abs score diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {config.num_hidden_layers} | {args.pairs} | {args.docs_per_query} "
+          f"| {args.reuse_prefix} ({'on' if prefix_path else 'off'}) | {np.mean(lengths):.0f} | {args.batch_size} "
+          f"| {args.threads} | {args.pairs / ours_s:.2f} | {args.pairs / torch_s:.2f} | {torch_s / ours_s:.2f}x "
+          f"| {diff:.2e} |")
 
 
 def _seconds(fn) -> float:

@@ -62,6 +62,32 @@ def init_cache(config: ModelConfig, batch: int, max_len: int) -> KVCache:
     )
 
 
+def take_cache_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+    """The cache of sequences `rows` [N] (repeats allowed), so that N sequences can continue
+    from a few cached prefixes; index is shared by every row, so it is kept."""
+    return KVCache(
+        k=cache.k[:, rows],
+        v=cache.v[:, rows],
+        valid=cache.valid[rows],
+        index=cache.index,
+        next_position=cache.next_position[rows],
+    )
+
+
+def grow_cache(cache: KVCache, extra: int) -> KVCache:
+    """The cache with `extra` empty (invalid) slots appended after its last one.
+
+    A prefill sized to its prompt leaves no room for what follows; growing it when the
+    continuation's length is known keeps the prefill's shape independent of that length.
+    """
+    slots = ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))
+    return cache._replace(
+        k=jnp.pad(cache.k, slots),
+        v=jnp.pad(cache.v, slots),
+        valid=jnp.pad(cache.valid, ((0, 0), (0, extra))),
+    )
+
+
 # ----------------------------------------------------------------------------- blocks
 class RMSNorm(nn.Module):
     eps: float
@@ -245,7 +271,9 @@ def forward_hidden(
     attention_mask [batch, length] marks real tokens (left padding is 0). Without a
     cache, token t attends to real tokens s <= t. With a cache the new tokens are
     written at slots [cache.index, cache.index + length) and attend to every valid
-    slot up to their own.
+    slot up to their own; the cache must have room for them (see extend_hidden).
+    With a cache the new tokens may also be right-padded: positions count real tokens
+    only and padded slots are never valid keys, so the real tokens are unaffected.
     """
     attention_mask = attention_mask.astype(bool)
     length = input_ids.shape[1]
@@ -275,6 +303,28 @@ def forward_hidden(
         next_position=cache.next_position + attention_mask.sum(axis=-1).astype(jnp.int32),
     )
     return hidden, new_cache
+
+
+def extend_hidden(
+    params: Params,
+    config: ModelConfig,
+    cache: KVCache,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+) -> tuple[jax.Array, KVCache]:
+    """Hidden states [batch, length, hidden] of a block of new tokens that continue the
+    sequences in `cache` (and the cache holding them too): the "extend" step.
+
+    The cache gains `length` slots and forward_hidden's cache path does the rest, the
+    same path the sampler decodes through one token at a time: each new token attends
+    to the valid cached slots and causally to the new tokens before it, and row b's
+    positions continue from cache.next_position[b] (its count of real cached tokens),
+    whatever padding the cache holds. attention_mask marks the real new tokens; padding
+    them on the right keeps row b's last real token at column sum(mask[b]) - 1. The
+    hidden states of padded columns are meaningless.
+    """
+    grown = grow_cache(cache, input_ids.shape[1])
+    return forward_hidden(params, config, input_ids, attention_mask, cache=grown)
 
 
 def lm_head_kernel(params: Params, config: ModelConfig) -> jax.Array:

@@ -24,6 +24,24 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     Qwen2.5 with max_length=8192 (L = 8192 + 77-token template) and B = 32 that is
     37 lengths x 6 row counts = 222 shapes at most, and one call compiles at most one
     shape per batch it runs;
+  * pairs of one query share their first tokens (chat prefix + query ids, the same for every
+    document since the query is cut on its own), and by default (reuse_prefix=None) a call
+    with at least 2 pairs per distinct query, so rank() with 2+ documents, computes them once:
+    `query_groups` groups pairs by query, `shared_prefix_lengths` finds each group's common
+    prefix (capped one token short of its shortest prompt), and `plan_prefix_chunks` cuts
+    the groups into chunks of batch_size. Each chunk's prefixes are prefilled once, left-padded
+    to a power-of-two `prefix_buckets` length P, into a KV cache; each batch of the chunk's
+    pairs then gathers its rows of that cache and runs only the remainders, right-padded to a
+    `length_buckets` length R, on top of it (scoring.score.scores_after_prefix; the score is
+    read at each row's last real token). Filler rows pad chunks and batches as above, so the
+    model programs this path compiles are at most
+        len(row_sizes(B)) * len(prefix_buckets(L)) * (1 + len(length_buckets(L)))
+    (see `max_compiled_prefix_shapes`): 6 x 11 x 38 = 2508 for the Qwen2.5 example, of which
+    a rank() call touches one prefill shape and the extend shapes of its remainder buckets,
+    about as many as the whole-prompt path compiles for it; the gather between the two is a
+    model-free program per (chunk rows, P, batch rows), compiled in milliseconds. Whole
+    prompts and the shared-prefix path give the same scores to float noise;
+    reuse_prefix=False keeps the whole-prompt path, True forces the shared-prefix one;
   * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
   * documents (or queries) cut by the truncation rules are counted and reported in a
     TruncationWarning; nothing is dropped.
@@ -46,14 +64,17 @@ from tqdm.auto import tqdm
 
 from prorank_jax import hf
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
-from prorank_jax.model import dtype_of
+from prorank_jax.model import dtype_of, take_cache_rows
 from prorank_jax.prompts import EncodedPair, RerankPrompt, estimated_max_for, left_pad, sigmoid_normalize
 from prorank_jax.pretrained import is_run_folder, load_tokenizer
-from scoring.score import rerank_scores
+from scoring.score import prefix_cache, rerank_scores, scores_after_cache
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 8192  # mxbai's default
 DEFAULT_STEPS_PER_OCTAVE = 4
+# reuse_prefix=None (auto) takes the shared-prefix path from this many pairs per query on.
+AUTO_REUSE_MIN_PAIRS_PER_QUERY = 2
+MIN_PREFIX_BUCKET = 16
 RUN_FOLDER_FILES = ("run_config.json", "model_config.json")
 
 
@@ -144,6 +165,118 @@ def batch_arrays(sequences: Sequence[Sequence[int]], batch: Batch, pad_id: int) 
     return left_pad(rows, batch.length, pad_id)
 
 
+# ----------------------------------------------------------------------------- shared prefixes
+@dataclass(frozen=True)
+class PrefixChunk:
+    """Query groups whose shared prefixes are run together, left-padded to `rows` x `length`
+    (rows >= len(groups)), and the batches of those groups' pairs, whose remainders are
+    right-padded to each batch's length."""
+
+    groups: np.ndarray
+    rows: int
+    length: int
+    batches: list[Batch]
+
+
+def prefix_buckets(max_total_length: int) -> tuple[int, ...]:
+    """Padded lengths a batch of shared prefixes may take: powers of two from 16, ending with
+    max_total_length rounded up to 8.
+
+    Coarser than length_buckets on purpose: a padded prefix slot costs each pair only one
+    masked attention key per layer (the prefix's MLP runs once per chunk), so halving the
+    steps is nearly free and keeps the product with the remainder buckets small.
+    """
+    if max_total_length <= 0:
+        raise ValueError(f"max_total_length must be positive, got {max_total_length}")
+    top = -(-max_total_length // 8) * 8
+    buckets = []
+    size = MIN_PREFIX_BUCKET
+    while size < top:
+        buckets.append(size)
+        size *= 2
+    return tuple(buckets) + (top,)
+
+
+def max_compiled_prefix_shapes(
+    max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE
+) -> int:
+    """Model programs the shared-prefix path may compile: prefills (rows, prefix bucket) plus
+    extends (rows, prefix bucket, remainder bucket)."""
+    rows, prefixes = len(row_sizes(batch_size)), len(prefix_buckets(max_total_length))
+    return rows * prefixes * (1 + len(length_buckets(max_total_length, steps_per_octave)))
+
+
+def query_groups(queries: Sequence[str]) -> np.ndarray:
+    """Group index of each pair: pairs of one query (one call has one instruction) share a
+    prompt prefix. Groups are numbered by first appearance."""
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(q, len(index)) for q in queries], dtype=np.int64)
+
+
+def shared_prefix_lengths(sequences: Sequence[Sequence[int]], group_of: np.ndarray) -> np.ndarray:
+    """Tokens each group's prompts share from the start, at most the shortest prompt minus one.
+
+    At least the chat prefix + query ids for groups of one query; more when the documents
+    start alike. The cap leaves every pair a remainder holding its last token, where the
+    score is read (a group of one pair is split just before that token).
+    """
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    reference: list[np.ndarray | None] = [None] * n_groups
+    lengths = np.zeros(n_groups, np.int64)
+    for seq, g in zip(sequences, group_of):
+        ids = np.asarray(seq, dtype=np.int64)
+        if reference[g] is None:
+            reference[g], lengths[g] = ids, len(ids) - 1
+            continue
+        keep = min(int(lengths[g]), len(ids) - 1)
+        differ = np.flatnonzero(ids[:keep] != reference[g][:keep])
+        lengths[g] = differ[0] if len(differ) else keep
+    return lengths
+
+
+def plan_prefix_chunks(
+    prefix_lengths: Sequence[int],
+    rest_lengths: Sequence[int],
+    group_of: np.ndarray,
+    batch_size: int,
+    prefix_bucket_sizes: Sequence[int],
+    rest_buckets: Sequence[int],
+) -> list[PrefixChunk]:
+    """Groups sorted by prefix length (longest first) and cut into chunks of batch_size; each
+    chunk's pairs sorted by remainder length and cut into batches as in plan_batches.
+
+    A chunk's cache is used by all of its batches and then dropped, so at most one chunk's
+    cache is held at a time, and a query's prefix is computed once per call.
+    """
+    prefix_lengths = np.asarray(prefix_lengths, dtype=np.int64)
+    rest_lengths = np.asarray(rest_lengths, dtype=np.int64)
+    group_order = np.argsort(-prefix_lengths, kind="stable")
+    chunks = []
+    for start in range(0, len(group_order), batch_size):
+        groups = group_order[start : start + batch_size]
+        pairs = np.flatnonzero(np.isin(group_of, groups))
+        batches = [
+            Batch(indices=pairs[b.indices], rows=b.rows, length=b.length)
+            for b in plan_batches(rest_lengths[pairs], batch_size, rest_buckets)
+        ]
+        length = bucket_for(int(prefix_lengths[groups[0]]), prefix_bucket_sizes)
+        chunks.append(PrefixChunk(groups=groups, rows=rows_for(len(groups), batch_size), length=length,
+                                  batches=batches))
+    return chunks
+
+
+def right_pad(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids [B, length] and the real lengths [B] (a remainder's score is read at
+    column length - 1; the pads after it are hidden by the causal mask)."""
+    ids = np.full((len(sequences), length), pad_id, dtype=np.int32)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        if len(seq) > length:
+            raise ValueError(f"sequence {row} has {len(seq)} tokens, more than the padded length {length}")
+        ids[row, : len(seq)] = seq
+    return ids, lengths
+
+
 def top_k_order(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best scores: score descending, ties by index ascending."""
     scores = np.asarray(scores)
@@ -184,6 +317,32 @@ def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
     return jax.jit(lambda params, ids, mask: rerank_scores(params, config, ids, mask, yes_id, no_id))
 
 
+@dataclass(frozen=True)
+class PrefixScorer:
+    """The shared-prefix path's jitted pieces (see scoring.score):
+      prefill(params, prefix_ids, prefix_mask) -> cache, compiled per (rows, prefix bucket);
+      take(cache, rows) -> the rows' caches, a gather compiled per (chunk rows, prefix
+        bucket, batch rows) with no model inside, so it compiles in milliseconds;
+      extend(params, cache, rest_ids, rest_lengths) -> scores, compiled per
+        (rows, prefix bucket, remainder bucket).
+    Keeping the gather apart keeps the number of chunk row counts out of the model programs.
+    """
+
+    prefill: Any
+    take: Any
+    extend: Any
+
+
+def jitted_prefix_scorer(config: ModelConfig, yes_id: int, no_id: int) -> PrefixScorer:
+    return PrefixScorer(
+        prefill=jax.jit(lambda params, ids, mask: prefix_cache(params, config, ids, mask)),
+        take=jax.jit(take_cache_rows),
+        extend=jax.jit(
+            lambda params, cache, ids, lengths: scores_after_cache(params, config, cache, ids, lengths, yes_id, no_id)
+        ),
+    )
+
+
 # ----------------------------------------------------------------------------- Reranker
 class Reranker:
     """A ProRank / mxbai-rerank-v2 style reranker on JAX (see the module docstring).
@@ -200,6 +359,11 @@ class Reranker:
       show_progress: tqdm bar for calls of more than one batch; None shows it on a terminal only.
       steps_per_octave: length-bucket granularity (see length_buckets).
       model_id: name used for the estimated_max lookup (mxbai keys it by hub id).
+      reuse_prefix: run each query's shared prompt prefix once per call and only the rest
+        of each pair on top of its cached keys/values (True), always run whole prompts
+        (False), or decide per call (None): reuse when there are at least
+        AUTO_REUSE_MIN_PAIRS_PER_QUERY pairs per distinct query, as in rank() with two or
+        more documents. Scores agree to float noise either way.
     """
 
     def __init__(
@@ -215,6 +379,7 @@ class Reranker:
         show_progress: bool | None = None,
         steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE,
         model_id: str | None = None,
+        reuse_prefix: bool | None = None,
     ):
         dtype = dtype or default_dtype()
         if dtype not in COMPUTE_DTYPES:
@@ -230,9 +395,18 @@ class Reranker:
         self.show_progress = show_progress
         self.buckets = length_buckets(self.prompt.max_total_length, steps_per_octave)
         self.steps_per_octave = steps_per_octave
+        if reuse_prefix not in (None, True, False):
+            raise ValueError(f"reuse_prefix must be True, False or None (auto), got {reuse_prefix!r}")
+        self.reuse_prefix = reuse_prefix
+        self.prefix_buckets = prefix_buckets(self.prompt.max_total_length)
         self._score_fn = jitted_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
-        # (rows, length) shapes this reranker has run; each is compiled once by jax.jit.
+        self._prefix_fns = jitted_prefix_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
+        # Shapes this reranker has run, each compiled once by jax.jit: whole prompts as
+        # (rows, length); on the shared-prefix path, prefills as (rows, prefix length) and
+        # extends as (rows, prefix length, remainder length).
         self.compiled_shapes: set[tuple[int, int]] = set()
+        self.compiled_prefix_shapes: set[tuple[int, int]] = set()
+        self.compiled_extend_shapes: set[tuple[int, int, int]] = set()
 
     @classmethod
     def from_pretrained(
@@ -246,6 +420,7 @@ class Reranker:
         show_progress: bool | None = None,
         steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE,
         step: int | None = None,
+        reuse_prefix: bool | None = None,
     ) -> "Reranker":
         """Load an HF folder (config.json + safetensors + tokenizer) or a prorank run folder
         (run_config.json + model_config.json + tokenizer/ + checkpoints/; `step` picks a
@@ -282,11 +457,25 @@ class Reranker:
             show_progress=show_progress,
             steps_per_octave=steps_per_octave,
             model_id=str(path),
+            reuse_prefix=reuse_prefix,
         )
 
     @property
     def max_compiled_shapes(self) -> int:
+        """Bound on len(compiled_shapes) (whole prompts)."""
         return max_compiled_shapes(self.prompt.max_total_length, self.batch_size, self.steps_per_octave)
+
+    @property
+    def max_compiled_prefix_shapes(self) -> int:
+        """Bound on len(compiled_prefix_shapes) + len(compiled_extend_shapes)."""
+        return max_compiled_prefix_shapes(self.prompt.max_total_length, self.batch_size, self.steps_per_octave)
+
+    def uses_prefix_path(self, queries: Sequence[str]) -> bool:
+        """Whether predict(queries, ...) takes the shared-prefix path (see reuse_prefix)."""
+        if self.reuse_prefix is not None:
+            return self.reuse_prefix
+        distinct = len(set(queries))
+        return distinct > 0 and len(queries) >= AUTO_REUSE_MIN_PAIRS_PER_QUERY * distinct
 
     # ------------------------------------------------------------------------- public
     def predict(
@@ -308,7 +497,11 @@ class Reranker:
             return np.zeros((0,), np.float32)
         encoded = self.prompt.encode_batch(queries, documents, instruction=instruction)
         self._warn_truncation(encoded)
-        scores = self._score_ids([e.input_ids for e in encoded], batch_size)
+        sequences = [e.input_ids for e in encoded]
+        if self.uses_prefix_path(queries):
+            scores = self._score_ids_after_prefixes(sequences, query_groups(queries), batch_size)
+        else:
+            scores = self._score_ids(sequences, batch_size)
         if normalize:
             scores = sigmoid_normalize(scores, self.estimated_max).astype(np.float32)
         return scores
@@ -353,14 +546,17 @@ class Reranker:
             stacklevel=_caller_stacklevel(),
         )
 
+    def _progress_bar(self, pairs: int, batches: int):
+        if self.show_progress is None:
+            disable = batches <= 1 or not _stderr_is_terminal()
+        else:
+            disable = not self.show_progress
+        return tqdm(total=pairs, desc="Reranking", unit="pair", disable=disable)
+
     def _score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
         batches = plan_batches([len(s) for s in sequences], batch_size, self.buckets)
         scores = np.zeros(len(sequences), np.float32)
-        if self.show_progress is None:
-            disable = len(batches) <= 1 or not _stderr_is_terminal()
-        else:
-            disable = not self.show_progress
-        bar = tqdm(total=len(sequences), desc="Reranking", unit="pair", disable=disable)
+        bar = self._progress_bar(len(sequences), len(batches))
         pending = None  # one batch in flight: tokens of the next batch are padded while it runs
         with bar:
             for batch in batches:
@@ -370,6 +566,46 @@ class Reranker:
                 if pending is not None:
                     self._collect(scores, *pending, bar)
                 pending = (batch, out)
+            if pending is not None:
+                self._collect(scores, *pending, bar)
+        return scores
+
+    def _score_ids_after_prefixes(
+        self, sequences: Sequence[Sequence[int]], group_of: np.ndarray, batch_size: int
+    ) -> np.ndarray:
+        """The shared-prefix path: each chunk of query groups has its prefixes prefilled once,
+        then every batch of its pairs gathers its rows of that cache and runs only the
+        remainders (see plan_prefix_chunks and scoring.score.scores_after_prefix)."""
+        split = shared_prefix_lengths(sequences, group_of)
+        rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
+        chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,
+                                    self.buckets)
+        groups = group_of.tolist()
+        first_pair: dict[int, int] = {}
+        for i, g in enumerate(groups):
+            first_pair.setdefault(g, i)
+        fns = self._prefix_fns
+        scores = np.zeros(len(sequences), np.float32)
+        bar = self._progress_bar(len(sequences), sum(len(c.batches) for c in chunks))
+        pending = None  # one batch in flight, as in _score_ids
+        with bar:
+            for chunk in chunks:
+                prefixes = [sequences[first_pair[g]][: split[g]] for g in chunk.groups.tolist()]
+                prefixes += [prefixes[0]] * (chunk.rows - len(prefixes))  # filler rows, never read
+                ids, mask = left_pad(prefixes, chunk.length, self.pad_id)
+                self.compiled_prefix_shapes.add((chunk.rows, chunk.length))
+                cache = fns.prefill(self.params, ids, mask)
+                row_of_group = {g: r for r, g in enumerate(chunk.groups.tolist())}
+                for batch in chunk.batches:
+                    members = batch.indices.tolist()
+                    members += [members[0]] * (batch.rows - len(members))  # scores discarded
+                    rows = np.array([row_of_group[groups[i]] for i in members], np.int32)
+                    rest_ids, rest_lengths = right_pad([rests[i] for i in members], batch.length, self.pad_id)
+                    self.compiled_extend_shapes.add((batch.rows, chunk.length, batch.length))
+                    out = fns.extend(self.params, fns.take(cache, rows), rest_ids, rest_lengths)
+                    if pending is not None:
+                        self._collect(scores, *pending, bar)
+                    pending = (batch, out)
             if pending is not None:
                 self._collect(scores, *pending, bar)
         return scores
@@ -416,13 +652,20 @@ def _stderr_is_terminal() -> bool:
 
 __all__ = [
     "Batch",
+    "PrefixChunk",
     "RankResult",
     "Reranker",
     "TruncationWarning",
     "bucket_for",
     "length_buckets",
+    "max_compiled_prefix_shapes",
     "max_compiled_shapes",
     "plan_batches",
+    "plan_prefix_chunks",
+    "prefix_buckets",
+    "query_groups",
+    "right_pad",
+    "shared_prefix_lengths",
     "row_sizes",
     "rows_for",
     "top_k_order",

@@ -24,10 +24,16 @@ from scoring.reranker import (
     TruncationWarning,
     bucket_for,
     length_buckets,
+    max_compiled_prefix_shapes,
     max_compiled_shapes,
     plan_batches,
+    plan_prefix_chunks,
+    prefix_buckets,
+    query_groups,
+    right_pad,
     row_sizes,
     rows_for,
+    shared_prefix_lengths,
     top_k_order,
 )
 from tests.helpers.hf_models import make_hf_model
@@ -319,3 +325,165 @@ def test_run_folder_is_loaded_through_checkpoint_module(model_dir, tmp_path):
     assert np.abs(latest - from_hf).max() > 1e-3  # the default is the latest step (2), not step 1
     with pytest.raises(ValueError, match="applies to prorank run folders"):
         Reranker.from_pretrained(model_dir[0], step=1)
+
+
+# ----------------------------------------------------------------------------- shared prefixes
+def grouped_cases(seed=0, docs_per_query=4):
+    """Queries of very different lengths (one cut at 3/4 of small budgets), each with several
+    documents (an empty one, one longer than any budget), pairs interleaved across queries."""
+    rng = random.Random(seed)
+    queries = ["q", "what is the capital of France?", text(rng, 12), text(rng, 300)]
+    pairs = []
+    for qi, query in enumerate(queries):
+        docs = ["", text(rng, 2000)] + [text(rng, rng.randint(1, 60)) for _ in range(docs_per_query - 2)]
+        pairs += [(query, d) for d in docs]
+    rng.shuffle(pairs)
+    return [q for q, _ in pairs], [d for _, d in pairs]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("instruction,max_length", [(None, 8192), (INSTRUCTION, 96)])
+def test_prefix_reuse_matches_whole_prompts_and_mxbai(model_dir, tok, batch_size, instruction, max_length):
+    folder, torch_model = model_dir
+    queries, documents = grouped_cases(seed=batch_size)
+    expected = mxbai_predict(torch_model, tok, queries, documents, instruction=instruction, max_length=max_length)
+    got = {}
+    for reuse in (True, False):
+        rr = Reranker.from_pretrained(folder, max_length=max_length, batch_size=batch_size, show_progress=False,
+                                      reuse_prefix=reuse)
+        with pytest.warns(TruncationWarning) as record:
+            got[reuse] = rr.predict(queries, documents, instruction=instruction)
+        assert len(record) == 1
+        messages = got.setdefault("warnings", [])
+        messages.append(str(record[0].message))
+        if reuse:
+            assert rr.compiled_prefix_shapes and rr.compiled_extend_shapes and not rr.compiled_shapes
+        else:
+            assert rr.compiled_shapes and not (rr.compiled_prefix_shapes or rr.compiled_extend_shapes)
+    assert got["warnings"][0] == got["warnings"][1]  # same truncation counts either way
+    assert got[True].dtype == np.float32 and got[True].shape == (len(queries),)
+    assert np.std(expected) > 1e-2
+    print(f"max |reuse - whole| = {np.abs(got[True] - got[False]).max():.2e}, "
+          f"max |reuse - mxbai| = {np.abs(got[True] - expected).max():.2e}")
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[True], expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(top_k_order(got[True], len(got[True])), top_k_order(got[False], len(got[False])))
+
+
+def test_rank_order_is_the_same_with_and_without_prefix_reuse(model_dir, tok):
+    folder, torch_model = model_dir
+    _, documents = cases(seed=8, n=12)
+    query = "capital of France"
+    expected = mxbai_predict(torch_model, tok, [query] * len(documents), documents, instruction=INSTRUCTION)
+    results = {}
+    for reuse in (None, True, False):
+        rr = Reranker.from_pretrained(folder, batch_size=4, show_progress=False, reuse_prefix=reuse)
+        with pytest.warns(TruncationWarning, match=r"1 of 15 documents"):
+            results[reuse] = rr.rank(query, documents, top_k=len(documents), instruction=INSTRUCTION)
+        assert bool(rr.compiled_extend_shapes) == (reuse is not False)  # auto reuses in rank()
+        assert len(rr.compiled_prefix_shapes) == (0 if reuse is False else 1)  # one query: one prefill
+    order = [r.index for r in results[False]]
+    assert [r.index for r in results[True]] == [r.index for r in results[None]] == order
+    assert order == top_k_order(expected, len(expected)).tolist()
+    np.testing.assert_allclose([r.score for r in results[True]], [r.score for r in results[False]], atol=1e-5)
+
+
+def test_auto_reuse_needs_two_pairs_per_query(reranker, model_dir):
+    assert reranker.reuse_prefix is None
+    assert not reranker.uses_prefix_path(["a", "b", "c"])
+    assert not reranker.uses_prefix_path(["a", "a", "b"])  # 1.5 pairs per query
+    assert reranker.uses_prefix_path(["a", "a", "b", "b"])
+    assert reranker.uses_prefix_path(["a", "a"]) and not reranker.uses_prefix_path(["a"])
+    assert not reranker.uses_prefix_path([])
+    forced = Reranker.from_pretrained(model_dir[0], show_progress=False, reuse_prefix=True)
+    assert forced.uses_prefix_path(["a", "b"]) and forced.uses_prefix_path(["a"])
+    off = Reranker.from_pretrained(model_dir[0], show_progress=False, reuse_prefix=False)
+    assert not off.uses_prefix_path(["a"] * 10)
+    with pytest.raises(ValueError, match="reuse_prefix must be True, False or None"):
+        Reranker(reranker.config, reranker.params, reranker.tokenizer, reuse_prefix="yes")
+
+
+def test_prefix_reuse_of_single_pairs_and_mixed_groups(model_dir, tok):
+    """Forced reuse with one pair per query (split one token before the end) and a mix of
+    group sizes, including identical pairs, still gives mxbai's scores."""
+    folder, torch_model = model_dir
+    queries, documents = cases(seed=9, n=6)
+    queries += [queries[0], queries[0], "q"]
+    documents += [documents[0], "another document", "q"]
+    expected = mxbai_predict(torch_model, tok, queries, documents)
+    rr = Reranker.from_pretrained(folder, batch_size=4, show_progress=False, reuse_prefix=True)
+    with pytest.warns(TruncationWarning):
+        got = rr.predict(queries, documents)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert got[0] == pytest.approx(got[len(queries) - 3], abs=1e-6)  # the same pair twice
+
+
+def test_prefix_shapes_are_bounded_and_compiled_once(model_dir):
+    rr = Reranker.from_pretrained(model_dir[0], max_length=128, batch_size=4, show_progress=False, reuse_prefix=True)
+    queries, documents = grouped_cases(seed=10, docs_per_query=5)
+    with pytest.warns(TruncationWarning):
+        rr.predict(queries, documents)
+        rr.predict(queries[:3], documents[:3])
+        rr.rank(queries[0], documents[:7])
+    rows = row_sizes(4)
+    assert rr.compiled_prefix_shapes <= {(r, p) for r in rows for p in rr.prefix_buckets}
+    assert rr.compiled_extend_shapes <= {(r, p, b) for r in rows for p in rr.prefix_buckets for b in rr.buckets}
+    assert rr.max_compiled_prefix_shapes == max_compiled_prefix_shapes(rr.prompt.max_total_length, 4)
+    assert rr.max_compiled_prefix_shapes == len(rows) * len(rr.prefix_buckets) * (1 + len(rr.buckets))
+    fns = rr._prefix_fns
+    assert fns.prefill._cache_size() == len(rr.compiled_prefix_shapes)
+    assert fns.extend._cache_size() == len(rr.compiled_extend_shapes)
+    sizes = (fns.prefill._cache_size(), fns.take._cache_size(), fns.extend._cache_size())
+    with pytest.warns(TruncationWarning):
+        rr.predict(queries, documents)  # same shapes again: no new compilation
+        rr.rank(queries[0], documents[:7])
+    assert (fns.prefill._cache_size(), fns.take._cache_size(), fns.extend._cache_size()) == sizes
+
+
+def test_progress_bar_counts_pairs_on_the_prefix_path(model_dir, capsys):
+    rr = Reranker.from_pretrained(model_dir[0], max_length=64, batch_size=2, show_progress=True, reuse_prefix=True)
+    queries, documents = grouped_cases(seed=11, docs_per_query=3)
+    with pytest.warns(TruncationWarning):
+        rr.predict(queries, documents)
+    err = capsys.readouterr().err
+    assert "Reranking" in err and f"{len(queries)}/{len(queries)}" in err
+
+
+def test_prefix_planning_helpers():
+    assert prefix_buckets(60) == (16, 32, 64) and prefix_buckets(8272)[-2:] == (8192, 8272)
+    assert prefix_buckets(8) == (8,) and prefix_buckets(100) == (16, 32, 64, 104)
+    assert query_groups(["b", "a", "b", "c", "a"]).tolist() == [0, 1, 0, 2, 1]
+    sequences = [(1, 2, 3, 4, 5), (7, 8, 9), (1, 2, 3, 9), (1, 2, 4), (7, 8, 9)]
+    group_of = np.array([0, 1, 0, 0, 1])
+    # group 0 shares (1, 2); group 1 is two identical prompts: split one token before the end
+    assert shared_prefix_lengths(sequences, group_of).tolist() == [2, 2]
+    assert shared_prefix_lengths([(5, 6, 7)], np.array([0])).tolist() == [2]
+    ids, lengths = right_pad([(1, 2), (3,)], 4, pad_id=0)
+    assert ids.tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]] and lengths.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="more than the padded length"):
+        right_pad([(1, 2, 3)], 2, pad_id=0)
+
+    prefix_lengths = [40, 10, 70]
+    group_of = np.array([0, 1, 2, 0, 1, 1, 2, 0])
+    rest_lengths = [5, 30, 9, 50, 7, 8, 12, 20]
+    chunks = plan_prefix_chunks(prefix_lengths, rest_lengths, group_of, 2, (16, 32, 64, 128), length_buckets(64))
+    assert [c.groups.tolist() for c in chunks] == [[2, 0], [1]]  # longest prefixes first
+    assert [(c.rows, c.length) for c in chunks] == [(2, 128), (1, 16)]
+    assert [[b.indices.tolist() for b in c.batches] for c in chunks] == [[[3, 7], [6, 2], [0]], [[1, 5], [4]]]
+    assert [[(b.rows, b.length) for b in c.batches] for c in chunks] == [[(2, 56), (2, 16), (1, 8)],
+                                                                         [(2, 32), (1, 8)]]
+
+
+def test_bfloat16_prefix_reuse_stays_close(model_dir, tok):
+    folder, torch_model = model_dir
+    queries, documents = grouped_cases(seed=12, docs_per_query=3)
+    expected = mxbai_predict(torch_model, tok, queries, documents)
+    got = {}
+    for reuse in (True, False):
+        rr = Reranker.from_pretrained(folder, dtype="bfloat16", show_progress=False, reuse_prefix=reuse)
+        with pytest.warns(TruncationWarning):
+            got[reuse] = rr.predict(queries, documents)
+        assert got[reuse].dtype == np.float32
+    tolerance = 0.1 * np.abs(expected).max() + 0.05  # as for whole prompts in bfloat16 above
+    np.testing.assert_allclose(got[True], expected, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=tolerance)

@@ -32,6 +32,9 @@ class ModelSource:
     tokenizer: a tokenizer folder; by default the checkpoint's own tokenizer files, or the
       bundled tokenizer for a random init.
     dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
+    init_seed / init_std: seed and standard deviation of the random init's normal weights
+      (0.02 is HF's initializer_range; the tiny model trained from scratch on inverse-cloze
+      groups leaves its initial plateau much sooner at 0.1, see launch/configs/pretrain_tiny.yaml).
     """
 
     path: str | None = None
@@ -41,6 +44,11 @@ class ModelSource:
     param_dtype: str = "float32"
     remat: str = "none"
     init_seed: int = 0
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
+            raise ValueError(f"model.init_std must be a positive number, got {self.init_std!r}")
 
     def overrides(self) -> dict[str, Any]:
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
@@ -89,7 +97,7 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     if cfg_path.is_dir():
         cfg_path = cfg_path / "config.json"
     config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), **source.overrides())
-    params = model.init_params(config, jax.random.key(source.init_seed))
+    params = model.init_params(config, jax.random.key(source.init_seed), init_std=source.init_std)
     return config, params, tokenizer_dir or bundled_tokenizer_dir()
 
 

@@ -50,7 +50,7 @@ import grain
 import numpy as np
 
 from prorank_jax.data.examples import GroupExample, PairExample
-from prorank_jax.data.sources import SOURCE_KINDS, load_examples
+from prorank_jax.data.sources import PATHLESS_KINDS, SOURCE_KINDS, load_examples
 from prorank_jax.prompts import RerankPrompt, left_pad, round_up_length
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,10 @@ class DataConfig:
     """The data half of a training config.
 
     Attributes:
-      source: "bundled", "jsonl", "hf" or "tfds" (see ``sources.load_examples``).
-      path: JSONL file, HF local path or hub id, or tfds data_dir; None for "bundled".
+      source: "bundled", "jsonl", "hf", "tfds" or "inverse_cloze" (self-supervised groups
+        from a corpus alone; see ``sources.load_examples``).
+      path: JSONL file, HF local path or hub id, tfds data_dir, or BEIR folder
+        ("inverse_cloze"); None for "bundled" (and the bundled corpus for "inverse_cloze").
       split: dataset split ("train", "test", ...).
       batch_size: examples per batch on each process.
       num_negatives: stage 2: negatives per group (k); fewer are padded with masked
@@ -112,7 +114,7 @@ class DataConfig:
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
             raise ValueError(f"DataConfig.source must be one of {SOURCE_KINDS}, got {self.source!r}")
-        if self.source != "bundled" and not self.path:
+        if self.source not in PATHLESS_KINDS and not self.path:
             raise ValueError(f"DataConfig.path is required for source {self.source!r}")
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("num_negatives", self.num_negatives, minimum=0)

@@ -526,7 +526,9 @@ def tfds_examples(name: str, split: str, *, data_dir: str | os.PathLike, kind: s
 # ---------------------------------------------------------------------------
 # One entry point, by source kind
 
-SOURCE_KINDS = ("bundled", "jsonl", "hf", "tfds")
+SOURCE_KINDS = ("bundled", "jsonl", "hf", "tfds", "inverse_cloze")
+# Kinds that work without a path (they fall back to the bundled data).
+PATHLESS_KINDS = ("bundled", "inverse_cloze")
 
 
 def load_examples(
@@ -541,7 +543,9 @@ def load_examples(
 ) -> Sequence[PairExample] | Sequence[GroupExample]:
     """Examples for ``stage`` 1 (pairs) or 2 (groups) from one source kind.
 
-    ``path``: the JSONL file ("jsonl"), a local path or hub id ("hf"), the
+    ``path``: the JSONL file ("jsonl"), a local path or hub id ("hf"), a BEIR folder
+    whose corpus.jsonl alone is read ("inverse_cloze": self-supervised groups, see
+    ``inverse_cloze.inverse_cloze_groups``; None = the bundled corpus), the
     tfds data_dir ("tfds", reading the prorank_bundled config prepared with
     ``num_negatives`` and ``seed``, see ``tfds_bundled.prepare_bundled``);
     unused for "bundled", where ``num_negatives`` and ``seed`` drive the
@@ -555,6 +559,13 @@ def load_examples(
         if stage == 1:
             return bundled_pair_examples(split, negatives_per_query=num_negatives, seed=seed)
         return bundled_group_examples(split, num_negatives=num_negatives, seed=seed)
+    if kind == "inverse_cloze":
+        from prorank_jax.data.beir import load_corpus
+        from prorank_jax.data.inverse_cloze import inverse_cloze_groups, inverse_cloze_pairs
+
+        corpus = load_corpus(Path(path or bundled_data_dir()) / "corpus.jsonl")
+        build = inverse_cloze_pairs if stage == 1 else inverse_cloze_groups
+        return build(corpus, num_negatives=num_negatives, seed=seed)
     if path is None:
         raise ValueError(f"source kind {kind!r} needs a path")
     if kind == "jsonl":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +23,21 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 class RunConfigError(ValueError):
     """A run config file or override is malformed."""
+
+
+# PyYAML follows YAML 1.1, where "3e-5" (no dot) is a string; everyone writes it as a number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_numbers(value: Any) -> Any:
+    """`value` with every string that is a float in exponent notation turned into that float."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _yaml_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_numbers(v) for v in value]
+    return value
 
 
 def config_path(name_or_path: str | os.PathLike) -> Path:
@@ -39,7 +55,7 @@ def config_path(name_or_path: str | os.PathLike) -> Path:
 def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     path = config_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml_numbers(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -59,12 +75,20 @@ def apply_override(config: dict[str, Any], item: str) -> None:
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _yaml_numbers(yaml.safe_load(text)) if text.strip() else None
     except yaml.YAMLError as err:
         raise RunConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
     node = config
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
+        if child is None and depth > 0:
+            # A new key inside a section's mapping field (grpo.reward_weights.format=...) would
+            # replace that field's whole default mapping with this one entry, silently.
+            inner = ".".join(parts[: depth + 1])
+            raise RunConfigError(
+                f"override {item!r}: {inner} is not set in the config file, so this would replace its "
+                f"whole default with one entry; give the whole mapping, e.g. {inner}={{key: value, ...}}"
+            )
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):

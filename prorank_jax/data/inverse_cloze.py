@@ -45,6 +45,22 @@ def pseudo_query(words: Sequence[str], rng: random.Random, min_words: int, max_w
     return " ".join(picked)
 
 
+class _OtherIds(Sequence):
+    """doc_ids without the one at `skip`, as a view: copying the list for every document
+    would make building the groups quadratic in the corpus size."""
+
+    def __init__(self, doc_ids: Sequence[str], skip: int):
+        self.doc_ids, self.skip = doc_ids, skip
+
+    def __len__(self) -> int:
+        return len(self.doc_ids) - 1
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.doc_ids[i + (i >= self.skip)]
+
+
 def inverse_cloze_groups(
     corpus: Mapping[str, str],
     *,
@@ -60,8 +76,8 @@ def inverse_cloze_groups(
 
     Each pseudo-query also gets 0 to ``max_foreign_words`` words of another random document:
     real queries share only some of their words with a relevant document, and a model that
-    only saw pseudo-queries made of document words puts real relevant pairs below its
-    decision boundary (s < 0), which stage 1's GRPO then cannot recover from.
+    only saw pseudo-queries made of document words puts most real relevant pairs below its
+    decision boundary (s < 0).
 
     Documents with fewer than ``min_words`` content words get no pseudo-query (they still
     serve as negatives). Deterministic for a seed; query ids are "ict:{doc_id}:{i}".
@@ -79,12 +95,12 @@ def inverse_cloze_groups(
             f"{num_negatives + 1}"
         )
     groups = []
-    for doc_id in doc_ids:
+    for position, doc_id in enumerate(doc_ids):
         words = content_words(corpus[doc_id])
         if len(words) < min_words:
             continue
         rng = random.Random(f"{seed}:ict:{doc_id}")
-        others = [d for d in doc_ids if d != doc_id]
+        others = _OtherIds(doc_ids, position)
         for i in range(queries_per_document):
             negatives = rng.sample(others, num_negatives)
             donor = content_words(corpus[rng.choice(others)])

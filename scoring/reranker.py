@@ -49,7 +49,6 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
 
 from __future__ import annotations
 
-import bisect
 import numbers
 import os
 import warnings
@@ -67,14 +66,30 @@ from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of, take_cache_rows
 from prorank_jax.prompts import EncodedPair, RerankPrompt, estimated_max_for, left_pad, sigmoid_normalize
 from prorank_jax.pretrained import is_run_folder, load_tokenizer
+from scoring.batching import (
+    DEFAULT_STEPS_PER_OCTAVE,
+    Batch,
+    PrefixChunk,
+    batch_arrays,
+    bucket_for,
+    length_buckets,
+    max_compiled_prefix_shapes,
+    max_compiled_shapes,
+    plan_batches,
+    plan_prefix_chunks,
+    prefix_buckets,
+    query_groups,
+    right_pad,
+    row_sizes,
+    rows_for,
+    shared_prefix_lengths,
+)
 from scoring.score import prefix_cache, rerank_scores, scores_after_cache
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 8192  # mxbai's default
-DEFAULT_STEPS_PER_OCTAVE = 4
 # reuse_prefix=None (auto) takes the shared-prefix path from this many pairs per query on.
 AUTO_REUSE_MIN_PAIRS_PER_QUERY = 2
-MIN_PREFIX_BUCKET = 16
 RUN_FOLDER_FILES = ("run_config.json", "model_config.json")
 
 
@@ -89,192 +104,6 @@ class RankResult:
     index: int
     score: float
     document: str | None
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Pair indices scored together, padded to `rows` x `length` (rows >= len(indices))."""
-
-    indices: np.ndarray
-    rows: int
-    length: int
-
-
-# ----------------------------------------------------------------------------- shapes
-def length_buckets(max_total_length: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE) -> tuple[int, ...]:
-    """Padded lengths a batch may take: 8, 16, ..., 64, then `steps_per_octave` even steps per
-    doubling (64, 80, 96, 112, 128, 160, ... for 4), ending with max_total_length rounded up to 8.
-
-    Finer steps waste less padding (at most 1/steps_per_octave of a batch above 64 tokens)
-    at the price of more shapes to compile.
-    """
-    if max_total_length <= 0:
-        raise ValueError(f"max_total_length must be positive, got {max_total_length}")
-    if steps_per_octave not in (1, 2, 4, 8):
-        raise ValueError(f"steps_per_octave must be 1, 2, 4 or 8 (steps stay multiples of 8), got {steps_per_octave}")
-    top = -(-max_total_length // 8) * 8
-    buckets = list(range(8, 65, 8))
-    octave = 64
-    while octave < top:
-        step = octave // steps_per_octave
-        buckets += [octave + i * step for i in range(1, steps_per_octave + 1)]
-        octave *= 2
-    return tuple(b for b in buckets if b < top) + (top,)
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds `length` tokens."""
-    i = bisect.bisect_left(buckets, length)
-    if i == len(buckets):
-        raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {buckets[-1]}")
-    return buckets[i]
-
-
-def row_sizes(batch_size: int) -> tuple[int, ...]:
-    """Row counts a batch may take: powers of two below batch_size, and batch_size."""
-    sizes = [1 << i for i in range(max(batch_size - 1, 0).bit_length()) if (1 << i) < batch_size]
-    return tuple(sizes) + (batch_size,)
-
-
-def rows_for(n: int, batch_size: int) -> int:
-    """Rows to pad a batch of n pairs to: the next power of two, at most batch_size."""
-    return min(batch_size, 1 << max(n - 1, 0).bit_length())
-
-
-def max_compiled_shapes(max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE) -> int:
-    return len(length_buckets(max_total_length, steps_per_octave)) * len(row_sizes(batch_size))
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]) -> list[Batch]:
-    """Sort pairs by length (longest first, so a memory problem shows in the first batch) and
-    cut them into batches; only the last batch can be short of batch_size pairs."""
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        longest = int(lengths[idx[0]])
-        batches.append(Batch(indices=idx, rows=rows_for(len(idx), batch_size), length=bucket_for(longest, buckets)))
-    return batches
-
-
-def batch_arrays(sequences: Sequence[Sequence[int]], batch: Batch, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded ids and mask of one batch; filler rows repeat the first real row so that no
-    row is fully masked (their scores are discarded)."""
-    rows = [sequences[i] for i in batch.indices]
-    rows += [rows[0]] * (batch.rows - len(rows))
-    return left_pad(rows, batch.length, pad_id)
-
-
-# ----------------------------------------------------------------------------- shared prefixes
-@dataclass(frozen=True)
-class PrefixChunk:
-    """Query groups whose shared prefixes are run together, left-padded to `rows` x `length`
-    (rows >= len(groups)), and the batches of those groups' pairs, whose remainders are
-    right-padded to each batch's length."""
-
-    groups: np.ndarray
-    rows: int
-    length: int
-    batches: list[Batch]
-
-
-def prefix_buckets(max_total_length: int) -> tuple[int, ...]:
-    """Padded lengths a batch of shared prefixes may take: powers of two from 16, ending with
-    max_total_length rounded up to 8.
-
-    Coarser than length_buckets on purpose: a padded prefix slot costs each pair only one
-    masked attention key per layer (the prefix's MLP runs once per chunk), so halving the
-    steps is nearly free and keeps the product with the remainder buckets small.
-    """
-    if max_total_length <= 0:
-        raise ValueError(f"max_total_length must be positive, got {max_total_length}")
-    top = -(-max_total_length // 8) * 8
-    buckets = []
-    size = MIN_PREFIX_BUCKET
-    while size < top:
-        buckets.append(size)
-        size *= 2
-    return tuple(buckets) + (top,)
-
-
-def max_compiled_prefix_shapes(
-    max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE
-) -> int:
-    """Model programs the shared-prefix path may compile: prefills (rows, prefix bucket) plus
-    extends (rows, prefix bucket, remainder bucket)."""
-    rows, prefixes = len(row_sizes(batch_size)), len(prefix_buckets(max_total_length))
-    return rows * prefixes * (1 + len(length_buckets(max_total_length, steps_per_octave)))
-
-
-def query_groups(queries: Sequence[str]) -> np.ndarray:
-    """Group index of each pair: pairs of one query (one call has one instruction) share a
-    prompt prefix. Groups are numbered by first appearance."""
-    index: dict[str, int] = {}
-    return np.array([index.setdefault(q, len(index)) for q in queries], dtype=np.int64)
-
-
-def shared_prefix_lengths(sequences: Sequence[Sequence[int]], group_of: np.ndarray) -> np.ndarray:
-    """Tokens each group's prompts share from the start, at most the shortest prompt minus one.
-
-    At least the chat prefix + query ids for groups of one query; more when the documents
-    start alike. The cap leaves every pair a remainder holding its last token, where the
-    score is read (a group of one pair is split just before that token).
-    """
-    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
-    reference: list[np.ndarray | None] = [None] * n_groups
-    lengths = np.zeros(n_groups, np.int64)
-    for seq, g in zip(sequences, group_of):
-        ids = np.asarray(seq, dtype=np.int64)
-        if reference[g] is None:
-            reference[g], lengths[g] = ids, len(ids) - 1
-            continue
-        keep = min(int(lengths[g]), len(ids) - 1)
-        differ = np.flatnonzero(ids[:keep] != reference[g][:keep])
-        lengths[g] = differ[0] if len(differ) else keep
-    return lengths
-
-
-def plan_prefix_chunks(
-    prefix_lengths: Sequence[int],
-    rest_lengths: Sequence[int],
-    group_of: np.ndarray,
-    batch_size: int,
-    prefix_bucket_sizes: Sequence[int],
-    rest_buckets: Sequence[int],
-) -> list[PrefixChunk]:
-    """Groups sorted by prefix length (longest first) and cut into chunks of batch_size; each
-    chunk's pairs sorted by remainder length and cut into batches as in plan_batches.
-
-    A chunk's cache is used by all of its batches and then dropped, so at most one chunk's
-    cache is held at a time, and a query's prefix is computed once per call.
-    """
-    prefix_lengths = np.asarray(prefix_lengths, dtype=np.int64)
-    rest_lengths = np.asarray(rest_lengths, dtype=np.int64)
-    group_order = np.argsort(-prefix_lengths, kind="stable")
-    chunks = []
-    for start in range(0, len(group_order), batch_size):
-        groups = group_order[start : start + batch_size]
-        pairs = np.flatnonzero(np.isin(group_of, groups))
-        batches = [
-            Batch(indices=pairs[b.indices], rows=b.rows, length=b.length)
-            for b in plan_batches(rest_lengths[pairs], batch_size, rest_buckets)
-        ]
-        length = bucket_for(int(prefix_lengths[groups[0]]), prefix_bucket_sizes)
-        chunks.append(PrefixChunk(groups=groups, rows=rows_for(len(groups), batch_size), length=length,
-                                  batches=batches))
-    return chunks
-
-
-def right_pad(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded ids [B, length] and the real lengths [B] (a remainder's score is read at
-    column length - 1; the pads after it are hidden by the causal mask)."""
-    ids = np.full((len(sequences), length), pad_id, dtype=np.int32)
-    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    for row, seq in enumerate(sequences):
-        if len(seq) > length:
-            raise ValueError(f"sequence {row} has {len(seq)} tokens, more than the padded length {length}")
-        ids[row, : len(seq)] = seq
-    return ids, lengths
 
 
 def top_k_order(scores: np.ndarray, k: int) -> np.ndarray:

@@ -66,7 +66,8 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
 
         def evaluate(state):
             batches = make_stage1_iterator(eval_examples, prompt, eval_cfg, training=False)
-            return greedy_accuracy(state.params, run.config, batches, tokenizer, stage.sampler)
+            return greedy_accuracy(state.params, run.config, batches, tokenizer, stage.sampler,
+                                   label_ids=(prompt.yes_id, prompt.no_id))
 
     step = lazy_train_step(functools.partial(grpo_loss, config=run.config, grpo=grpo), run,
                            updates_per_batch=grpo.updates_per_rollout)

@@ -7,6 +7,7 @@ non-finite guard, metrics and checkpoints come from prorank_jax.training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -64,14 +65,30 @@ class GRPOStage:
         return training.StepOutput(batch=batch, host_metrics=metrics, tokens=tokens)
 
 
-def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sampling.SamplingConfig) -> dict:
-    """Held-out accuracy of greedy answers, with the majority-class rate beside it."""
+def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sampling.SamplingConfig,
+                    label_ids: tuple[int, int] | None = None) -> dict:
+    """Held-out accuracy of greedy answers, with the majority-class rate beside it.
+
+    With label_ids = (id("1"), id("0")) it also reads the score s = logit("1") - logit("0")
+    of every pair: score_accuracy is that of answering "1" when s > 0 (the greedy answer
+    once the format is learnt) and score_auc how well s orders relevant above non-relevant
+    pairs whatever the threshold, so a policy that still discriminates but answers "0"
+    everywhere can be told from one that no longer reads its input.
+    """
+    from scoring.metrics import binary_auc
+
     greedy = dataclasses.replace(sampler, greedy=True, temperature=0.0)
     correct = formatted = total = positives = 0
+    scores, labels = [], []
     for batch in batches:
         out = sampling.sample(params, config, batch["input_ids"], batch["attention_mask"], jax.random.key(0), greedy)
         texts = sampling.completion_texts(tokenizer, out.tokens, out.completion_mask, greedy.eos_token_ids)
         rows = np.asarray(batch.get("example_mask", np.ones(len(texts))), bool)
+        if label_ids is not None:
+            batch_scores = np.asarray(_scores_jit(params, batch["input_ids"], batch["attention_mask"],
+                                                  config=config, yes_id=label_ids[0], no_id=label_ids[1]))
+            scores.extend(batch_scores[rows])
+            labels.extend(np.asarray(batch["label"])[rows])
         for text, label, keep in zip(texts, np.asarray(batch["label"]), rows):
             if not keep:
                 continue
@@ -83,7 +100,19 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
     if total == 0:
         raise ValueError("greedy_accuracy: the evaluation set is empty")
     majority = max(positives, total - positives) / total
-    return {"accuracy": correct / total, "format_rate": formatted / total, "majority_rate": majority, "pairs": total}
+    metrics = {"accuracy": correct / total, "format_rate": formatted / total, "majority_rate": majority, "pairs": total}
+    if label_ids is not None:
+        scores_arr, labels_arr = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
+        metrics["score_accuracy"] = float(np.mean((scores_arr > 0) == (labels_arr == 1)))
+        metrics["score_auc"] = binary_auc(scores_arr, labels_arr)
+    return metrics
+
+
+@functools.partial(jax.jit, static_argnames=("config", "yes_id", "no_id"))
+def _scores_jit(params, input_ids, attention_mask, *, config, yes_id, no_id):
+    from scoring.score import rerank_scores
+
+    return rerank_scores(params, config, input_ids, attention_mask, yes_id, no_id)
 
 
 def save_final(out_dir: str | Path, params, config: ModelConfig, tokenizer_dir) -> Path:

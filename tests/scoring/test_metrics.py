@@ -153,3 +153,30 @@ def test_writers_round_trip(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         write_metrics_json(tmp_path / "bad.json", {"x": math.nan})
     assert not (tmp_path / "bad.json").exists()
+
+
+# --- pair-level AUC -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_binary_auc_equals_sklearn_with_ties(seed):
+    from sklearn.metrics import roc_auc_score
+
+    from scoring.metrics import binary_auc
+
+    rng = random.Random(seed)
+    labels = [rng.random() < 0.4 for _ in range(57)]
+    labels[0], labels[1] = True, False
+    scores = [float(rng.randint(-3, 3)) for _ in labels]  # coarse: many ties across classes
+    assert binary_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_binary_auc_edge_cases():
+    from scoring.metrics import binary_auc
+
+    assert binary_auc([2.0, 1.0, 0.0], [1, 1, 0]) == 1.0
+    assert binary_auc([0.0, 1.0, 2.0], [1, 1, 0]) == 0.0
+    assert binary_auc([5.0, 5.0], [1, 0]) == 0.5
+    assert math.isnan(binary_auc([1.0, 2.0], [1, 1]))
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        binary_auc([1.0, 2.0], [1])

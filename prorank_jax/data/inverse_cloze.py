@@ -119,6 +119,10 @@ def inverse_cloze_groups(
     return groups
 
 
+# The options a run config may set (DataConfig.inverse_cloze); the rest are the loader's.
+OPTION_NAMES = ("queries_per_document", "min_words", "max_words", "max_foreign_words")
+
+
 def inverse_cloze_pairs(corpus: Mapping[str, str], **kwargs) -> list[PairExample]:
     """The pairs of ``inverse_cloze_groups``: each group's positive and negatives, one pair each."""
     return [

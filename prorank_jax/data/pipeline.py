@@ -96,6 +96,9 @@ class DataConfig:
       num_epochs: passes over the data; None repeats forever (training only).
       instruction: optional reranking instruction put before every query.
       columns: HF sources: example field -> column name (see ``sources.resolve_columns``).
+      inverse_cloze: "inverse_cloze" source only: keyword options of
+        ``inverse_cloze.inverse_cloze_groups`` (queries_per_document, min_words, max_words,
+        max_foreign_words); None keeps its defaults.
     """
 
     source: str = "bundled"
@@ -110,6 +113,7 @@ class DataConfig:
     num_epochs: int | None = 1
     instruction: str | None = None
     columns: Mapping[str, Any] | None = None
+    inverse_cloze: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -135,6 +139,17 @@ class DataConfig:
             if not isinstance(self.columns, Mapping):
                 raise ValueError(f"DataConfig.columns must be a mapping of field -> column, got {self.columns!r}")
             object.__setattr__(self, "columns", dict(self.columns))
+        if self.inverse_cloze is not None:
+            from prorank_jax.data.inverse_cloze import OPTION_NAMES
+
+            if self.source != "inverse_cloze":
+                raise ValueError(f"DataConfig.inverse_cloze is for source 'inverse_cloze', not {self.source!r}")
+            if not isinstance(self.inverse_cloze, Mapping):
+                raise ValueError(f"DataConfig.inverse_cloze must be a mapping of options, got {self.inverse_cloze!r}")
+            unknown = sorted(set(self.inverse_cloze) - set(OPTION_NAMES))
+            if unknown:
+                raise ValueError(f"DataConfig.inverse_cloze: unknown option(s) {unknown}; known: {list(OPTION_NAMES)}")
+            object.__setattr__(self, "inverse_cloze", dict(self.inverse_cloze))
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -164,6 +179,7 @@ def load_config_examples(config: DataConfig, stage: int) -> Sequence:
         num_negatives=config.num_negatives,
         seed=config.seed,
         columns=config.columns,
+        inverse_cloze=config.inverse_cloze,
     )
 
 

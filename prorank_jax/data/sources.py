@@ -540,6 +540,7 @@ def load_examples(
     num_negatives: int = 3,
     seed: int = 0,
     columns: Mapping[str, str | Sequence[str]] | None = None,
+    inverse_cloze: Mapping[str, Any] | None = None,
 ) -> Sequence[PairExample] | Sequence[GroupExample]:
     """Examples for ``stage`` 1 (pairs) or 2 (groups) from one source kind.
 
@@ -549,7 +550,8 @@ def load_examples(
     tfds data_dir ("tfds", reading the prorank_bundled config prepared with
     ``num_negatives`` and ``seed``, see ``tfds_bundled.prepare_bundled``);
     unused for "bundled", where ``num_negatives`` and ``seed`` drive the
-    example builders. ``columns`` maps fields to columns for "hf" sources.
+    example builders. ``columns`` maps fields to columns for "hf" sources;
+    ``inverse_cloze`` holds keyword options of ``inverse_cloze_groups``.
     """
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -565,7 +567,7 @@ def load_examples(
 
         corpus = load_corpus(Path(path or bundled_data_dir()) / "corpus.jsonl")
         build = inverse_cloze_pairs if stage == 1 else inverse_cloze_groups
-        return build(corpus, num_negatives=num_negatives, seed=seed)
+        return build(corpus, num_negatives=num_negatives, seed=seed, **dict(inverse_cloze or {}))
     if path is None:
         raise ValueError(f"source kind {kind!r} needs a path")
     if kind == "jsonl":

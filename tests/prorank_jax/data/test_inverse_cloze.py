@@ -14,7 +14,7 @@ from prorank_jax.data.inverse_cloze import (
     inverse_cloze_pairs,
     pseudo_query,
 )
-from prorank_jax.data.pipeline import DataConfig
+from prorank_jax.data.pipeline import DataConfig, load_config_examples
 from prorank_jax.data.sources import load_examples
 
 CORPUS = {
@@ -74,6 +74,18 @@ def test_foreign_words_come_from_other_documents():
         assert all(any(w in vocabulary[d] for d in CORPUS if d != g.doc_ids[0]) for w in foreign)
         counts.add(len(foreign))
     assert counts == {0, 1, 2}
+
+
+def test_run_configs_reach_the_options_and_misuse_is_named():
+    options = {"max_foreign_words": 0, "max_words": 4, "queries_per_document": 3}
+    config = DataConfig(source="inverse_cloze", num_negatives=3, inverse_cloze=options)
+    assert load_config_examples(config, 2) == inverse_cloze_groups(
+        load_corpus(bundled_data_dir() / "corpus.jsonl"), num_negatives=3, seed=0, **options)
+    assert load_config_examples(config, 2) != load_config_examples(DataConfig(source="inverse_cloze"), 2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_word'\]"):
+        DataConfig(source="inverse_cloze", inverse_cloze={"max_word": 3})
+    with pytest.raises(ValueError, match="is for source 'inverse_cloze', not 'bundled'"):
+        DataConfig(source="bundled", inverse_cloze={"max_words": 3})
 
 
 def test_groups_are_deterministic_per_seed():

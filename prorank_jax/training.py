@@ -64,7 +64,9 @@ class LoopConfig:
     """How long to train and how often to log, evaluate and checkpoint.
 
     save_every / eval_every of 0 disable periodic saving / evaluation (a final
-    checkpoint is always written). max_to_keep bounds the checkpoints on disk.
+    checkpoint is always written). With eval_every > 0 a fresh run also evaluates
+    the starting model (logged as step 0), so every validation curve has its baseline.
+    max_to_keep bounds the checkpoints on disk.
     """
 
     steps: int = 100
@@ -294,6 +296,8 @@ def run_loop(
     completed = True
     try:
         with ckpt.preemption_guard():
+            if evaluate is not None and loop.eval_every and start_step == 0:
+                logger.log(0, {f"eval/{k}": v for k, v in evaluate(state).items()})
             for step in range(start_step, loop.steps):
                 out = produce(state, step_rng(base_rng, step))
                 state, metrics = train_step(state, out.batch)

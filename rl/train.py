@@ -20,6 +20,7 @@ from prorank_jax.config import ModelConfig
 from rl.config import GRPOConfig
 from rl.loss import grpo_loss_terms, reduce_sums
 from rl.rollout import completion_logprobs, rollout, sampling_config
+from scoring.score import rerank_scores
 
 
 def grpo_loss(params, batch: Mapping[str, jax.Array], *, config: ModelConfig, grpo: GRPOConfig):
@@ -110,8 +111,6 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
 
 @functools.partial(jax.jit, static_argnames=("config", "yes_id", "no_id"))
 def _scores_jit(params, input_ids, attention_mask, *, config, yes_id, no_id):
-    from scoring.score import rerank_scores
-
     return rerank_scores(params, config, input_ids, attention_mask, yes_id, no_id)
 
 

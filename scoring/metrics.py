@@ -231,16 +231,9 @@ def binary_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    # Average ranks handle ties (a tie between a positive and a negative counts 1/2).
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    start = 0
-    while start < len(s):
-        end = start
-        while end + 1 < len(s) and sorted_s[end + 1] == sorted_s[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    # Average ranks handle ties (a tie between a positive and a negative counts 1/2): the
+    # k equal values ending at 1-based rank e all get rank e - (k - 1) / 2.
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))

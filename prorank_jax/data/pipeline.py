@@ -149,6 +149,9 @@ class DataConfig:
             unknown = sorted(set(self.inverse_cloze) - set(OPTION_NAMES))
             if unknown:
                 raise ValueError(f"DataConfig.inverse_cloze: unknown option(s) {unknown}; known: {list(OPTION_NAMES)}")
+            for name, value in self.inverse_cloze.items():  # every option is a count
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"DataConfig.inverse_cloze.{name} must be an integer, got {value!r}")
             object.__setattr__(self, "inverse_cloze", dict(self.inverse_cloze))
 
 

@@ -84,6 +84,8 @@ def test_run_configs_reach_the_options_and_misuse_is_named():
     assert load_config_examples(config, 2) != load_config_examples(DataConfig(source="inverse_cloze"), 2)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_word'\]"):
         DataConfig(source="inverse_cloze", inverse_cloze={"max_word": 3})
+    with pytest.raises(ValueError, match=r"DataConfig.inverse_cloze.max_words must be an integer, got '4'"):
+        DataConfig(source="inverse_cloze", inverse_cloze={"max_words": "4"})
     with pytest.raises(ValueError, match="is for source 'inverse_cloze', not 'bundled'"):
         DataConfig(source="bundled", inverse_cloze={"max_words": 3})
 

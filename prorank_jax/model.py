@@ -74,6 +74,15 @@ def take_cache_rows(cache: KVCache, rows: jax.Array) -> KVCache:
     )
 
 
+def slot_tokens(token_slots: jax.Array, num_slots: int) -> jax.Array:
+    """Inverse of a packing: for each of `num_slots` slots, the index in `token_slots` [N] of
+    the token that sits there, or N for a slot that holds no computed token. Entries of
+    token_slots equal to num_slots (filler tokens) occupy no slot."""
+    n = token_slots.shape[0]
+    empty = jnp.full((num_slots,), n, jnp.int32)
+    return empty.at[token_slots].set(jnp.arange(n, dtype=jnp.int32), mode="drop")
+
+
 def grow_cache(cache: KVCache, extra: int) -> KVCache:
     """The cache with `extra` empty (invalid) slots appended after its last one.
 
@@ -124,7 +133,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, packing=None):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         batch, length, _ = x.shape
@@ -142,6 +151,17 @@ class Attention(nn.Module):
             q = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="q_norm")(q)
             k = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if packing is not None:
+            # Packed tokens ([1, N]) go to their [batch, length] slots for attention only;
+            # empty slots read a zero row (they are masked as keys and never read back).
+            token_slots, tokens_of_slots = packing
+            batch, length = tokens_of_slots.shape
+
+            def to_slots(t):
+                rows = jnp.concatenate([t[0], jnp.zeros((1,) + t.shape[2:], t.dtype)])
+                return rows[tokens_of_slots]
+
+            q, k, v = to_slots(q), to_slots(k), to_slots(v)
 
         new_cache = None
         if layer_cache is not None:
@@ -154,6 +174,8 @@ class Attention(nn.Module):
         # logits and softmax run in float32 there whatever the input dtype.
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
+        if packing is not None:
+            out = jnp.take(out.reshape(batch * length, -1), packing[0], axis=0, mode="clip")[None]
         return proj(c.hidden_size, "o_proj", c.o_proj_bias)(out), new_cache
 
 
@@ -177,11 +199,11 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, hidden, layer_cache, cos, sin, mask, cache_index):
+    def __call__(self, hidden, layer_cache, cos, sin, mask, cache_index, packing=None):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         normed = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="input_layernorm")(hidden)
-        attn, new_cache = Attention(c, name="self_attn")(normed, cos, sin, mask, layer_cache, cache_index)
+        attn, new_cache = Attention(c, name="self_attn")(normed, cos, sin, mask, layer_cache, cache_index, packing)
         hidden = hidden + attn
         normed = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(hidden)
         hidden = hidden + MLP(c, name="mlp")(normed)
@@ -201,9 +223,16 @@ class QwenModel(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids, positions, mask, cache_kv=None, cache_index=None):
+    def __call__(self, input_ids, positions, mask, cache_kv=None, cache_index=None, token_slots=None):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        packing = None
+        if token_slots is not None:
+            # Only the tokens at token_slots run through the dense layers, as one [1, N] row.
+            batch, length = input_ids.shape
+            packing = (token_slots, slot_tokens(token_slots, batch * length).reshape(batch, length))
+            take = lambda a: jnp.take(a.reshape(-1), token_slots, mode="clip")[None]  # noqa: E731
+            input_ids, positions = take(input_ids), take(positions)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed_tokens")
         hidden = embed(input_ids)
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
@@ -216,10 +245,10 @@ class QwenModel(nn.Module):
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_hidden_layers,
         )(c, name="layers")
-        hidden, new_cache_kv = layers(hidden, cache_kv, cos, sin, mask, cache_index)
+        hidden, new_cache_kv = layers(hidden, cache_kv, cos, sin, mask, cache_index, packing)
         hidden = RMSNorm(c.rms_norm_eps, dtype, pdtype, name="norm")(hidden)
         return hidden, new_cache_kv
 
@@ -265,6 +294,7 @@ def forward_hidden(
     attention_mask: jax.Array,
     positions: jax.Array | None = None,
     cache: KVCache | None = None,
+    token_slots: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
     """Final-norm hidden states [batch, length, hidden] (and the updated cache).
 
@@ -274,6 +304,14 @@ def forward_hidden(
     slot up to their own; the cache must have room for them (see extend_hidden).
     With a cache the new tokens may also be right-padded: positions count real tokens
     only and padded slots are never valid keys, so the real tokens are unaffected.
+
+    token_slots [N] (packed execution) lists the flat slots b * length + t whose tokens
+    are computed, as one [N, hidden] array through every dense layer; attention still
+    sees the [batch, length] layout, so masks, positions and the cache are as above.
+    Padding then costs no projection or MLP work. Unlisted slots must be padding or
+    tokens whose outputs are not needed (a row may be skipped whole); entries equal to
+    batch * length are filler. The result is hidden [N, hidden] in token_slots order
+    (filler rows meaningless); see `slot_tokens` to find a slot's row.
     """
     attention_mask = attention_mask.astype(bool)
     length = input_ids.shape[1]
@@ -282,8 +320,10 @@ def forward_hidden(
             positions = positions_from_mask(attention_mask)
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal[None, None] & attention_mask[:, None, None, :]
-        hidden, _ = QwenModel(config).apply({"params": params["model"]}, input_ids, positions, mask)
-        return hidden, None
+        hidden, _ = QwenModel(config).apply(
+            {"params": params["model"]}, input_ids, positions, mask, token_slots=token_slots
+        )
+        return (hidden if token_slots is None else hidden[0]), None
 
     if positions is None:
         positions = positions_from_mask(attention_mask, cache.next_position)
@@ -293,8 +333,10 @@ def forward_hidden(
     causal = jnp.arange(max_len)[None, :] <= query_slots[:, None]
     mask = causal[None, None] & valid[:, None, None, :]
     hidden, (new_k, new_v) = QwenModel(config).apply(
-        {"params": params["model"]}, input_ids, positions, mask, (cache.k, cache.v), cache.index
+        {"params": params["model"]}, input_ids, positions, mask, (cache.k, cache.v), cache.index, token_slots
     )
+    if token_slots is not None:
+        hidden = hidden[0]
     new_cache = KVCache(
         k=new_k,
         v=new_v,
@@ -311,6 +353,7 @@ def extend_hidden(
     cache: KVCache,
     input_ids: jax.Array,
     attention_mask: jax.Array,
+    token_slots: jax.Array | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Hidden states [batch, length, hidden] of a block of new tokens that continue the
     sequences in `cache` (and the cache holding them too): the "extend" step.
@@ -321,10 +364,11 @@ def extend_hidden(
     positions continue from cache.next_position[b] (its count of real cached tokens),
     whatever padding the cache holds. attention_mask marks the real new tokens; padding
     them on the right keeps row b's last real token at column sum(mask[b]) - 1. The
-    hidden states of padded columns are meaningless.
+    hidden states of padded columns are meaningless. token_slots packs the new tokens
+    as in forward_hidden.
     """
     grown = grow_cache(cache, input_ids.shape[1])
-    return forward_hidden(params, config, input_ids, attention_mask, cache=grown)
+    return forward_hidden(params, config, input_ids, attention_mask, cache=grown, token_slots=token_slots)
 
 
 def lm_head_kernel(params: Params, config: ModelConfig) -> jax.Array:

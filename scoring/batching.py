@@ -130,12 +130,13 @@ def prefix_buckets(max_total_length: int) -> tuple[int, ...]:
 
 
 def max_compiled_prefix_shapes(
-    max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE
+    max_total_length: int, batch_size: int, steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE, packed_per_shape: int = 1
 ) -> int:
     """Model programs the shared-prefix path may compile: prefills (rows, prefix bucket) plus
-    extends (rows, prefix bucket, remainder bucket)."""
+    extends (rows, prefix bucket, remainder bucket, packed length), with at most
+    packed_per_shape packed lengths per padded extend shape (PACK_STEPS when packing)."""
     rows, prefixes = len(row_sizes(batch_size)), len(prefix_buckets(max_total_length))
-    return rows * prefixes * (1 + len(length_buckets(max_total_length, steps_per_octave)))
+    return rows * prefixes * (1 + packed_per_shape * len(length_buckets(max_total_length, steps_per_octave)))
 
 
 def query_groups(queries: Sequence[str]) -> np.ndarray:
@@ -207,3 +208,42 @@ def right_pad(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> t
             raise ValueError(f"sequence {row} has {len(seq)} tokens, more than the padded length {length}")
         ids[row, : len(seq)] = seq
     return ids, lengths
+
+
+# ----------------------------------------------------------------------------- packed tokens
+# A packed batch runs only its real tokens through the dense layers (model.forward_hidden's
+# token_slots), rounded up to a multiple of 1/PACK_STEPS of the padded rows x length, so
+# each padded shape brings at most PACK_STEPS packed lengths.
+PACK_STEPS = 8
+
+
+def packed_length(real_tokens: int, rows: int, length: int) -> int:
+    """Token rows a packed batch runs: real_tokens rounded up to a multiple of
+    ceil(rows * length / PACK_STEPS), at most rows * length."""
+    slots = rows * length
+    if not 0 < real_tokens <= slots:
+        raise ValueError(f"a batch of {rows} x {length} slots cannot hold {real_tokens} real tokens")
+    step = -(-slots // PACK_STEPS)
+    return min(slots, -(-real_tokens // step) * step)
+
+
+def packed_lengths(rows: int, length: int) -> tuple[int, ...]:
+    """Every value packed_length can take for a rows x length batch."""
+    slots = rows * length
+    step = -(-slots // PACK_STEPS)
+    return tuple(sorted({min(slots, k * step) for k in range(1, PACK_STEPS + 1)}))
+
+
+def token_slots(lengths: Sequence[int], rows: int, length: int, left_padded: bool) -> np.ndarray:
+    """Flat slots (row * length + column) of the real tokens of a batch whose row r holds
+    lengths[r] tokens, left- or right-padded; rows past len(lengths) (filler rows) get none.
+    Filled up to packed_length with the out-of-range slot rows * length (filler tokens)."""
+    pieces = []
+    for row, n in enumerate(lengths):
+        if not 0 < n <= length:
+            raise ValueError(f"row {row} has {n} tokens; a row holds 1 to {length}")
+        start = length - n if left_padded else 0
+        pieces.append(row * length + np.arange(start, start + n, dtype=np.int32))
+    real = np.concatenate(pieces)
+    total = packed_length(len(real), rows, length)
+    return np.concatenate([real, np.full(total - len(real), rows * length, np.int32)])

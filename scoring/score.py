@@ -30,10 +30,27 @@ def scores_from_hidden(hidden_last: jax.Array, direction: jax.Array) -> jax.Arra
     return jnp.dot(hidden_last.astype(jnp.float32), direction, precision=jax.lax.Precision.HIGHEST)
 
 
-def rerank_scores(params, config: ModelConfig, input_ids, attention_mask, yes_id: int, no_id: int) -> jax.Array:
-    """Scores [batch] of left-padded prompts (the last column is every row's last real token)."""
-    hidden, _ = model.forward_hidden(params, config, input_ids, attention_mask)
-    return scores_from_hidden(model.last_hidden(hidden), score_direction(params, config, yes_id, no_id))
+def rerank_scores(
+    params, config: ModelConfig, input_ids, attention_mask, yes_id: int, no_id: int, token_slots=None
+) -> jax.Array:
+    """Scores [batch] of left-padded prompts (the last column is every row's last real token).
+
+    token_slots runs only those tokens through the dense layers (packed execution, see
+    model.forward_hidden); rows it leaves out get meaningless scores."""
+    hidden, _ = model.forward_hidden(params, config, input_ids, attention_mask, token_slots=token_slots)
+    if token_slots is None:
+        last = model.last_hidden(hidden)
+    else:
+        batch, length = input_ids.shape
+        last = _packed_rows(hidden, token_slots, batch, length, jnp.full((batch,), length - 1))
+    return scores_from_hidden(last, score_direction(params, config, yes_id, no_id))
+
+
+def _packed_rows(hidden, token_slots, batch: int, length: int, columns) -> jax.Array:
+    """Packed hidden states [N, D] of slot (b, columns[b]) for every row b: [batch, D]."""
+    where = model.slot_tokens(token_slots, batch * length).reshape(batch, length)
+    index = jnp.take_along_axis(where, columns[:, None].astype(jnp.int32), axis=1)[:, 0]
+    return jnp.take(hidden, index, axis=0, mode="clip")
 
 
 # ----------------------------------------------------------------------------- shared prefixes
@@ -50,16 +67,27 @@ def prefix_cache(params, config: ModelConfig, prefix_ids, prefix_mask) -> model.
 
 
 def scores_after_cache(
-    params, config: ModelConfig, cache: model.KVCache, rest_ids, rest_lengths, yes_id: int, no_id: int
+    params,
+    config: ModelConfig,
+    cache: model.KVCache,
+    rest_ids,
+    rest_lengths,
+    yes_id: int,
+    no_id: int,
+    token_slots=None,
 ) -> jax.Array:
     """Scores [B] of prompts whose beginnings are in `cache` (one row per prompt) and whose
     remainders rest_ids [B, R] are right-padded: row b's real tokens are its first
     rest_lengths[b] >= 1 columns, and the score is read at the last of them. Padding on the
-    right keeps the pads after every real token, where the causal mask hides them."""
-    width = rest_ids.shape[1]
+    right keeps the pads after every real token, where the causal mask hides them.
+    token_slots packs the remainders' tokens as in rerank_scores."""
+    batch, width = rest_ids.shape
     rest_mask = jnp.arange(width)[None, :] < rest_lengths[:, None]
-    hidden, _ = model.extend_hidden(params, config, cache, rest_ids, rest_mask)
-    last = jnp.take_along_axis(hidden, (rest_lengths - 1)[:, None, None], axis=1)[:, 0]
+    hidden, _ = model.extend_hidden(params, config, cache, rest_ids, rest_mask, token_slots=token_slots)
+    if token_slots is None:
+        last = jnp.take_along_axis(hidden, (rest_lengths - 1)[:, None, None], axis=1)[:, 0]
+    else:
+        last = _packed_rows(hidden, token_slots, batch, width, rest_lengths - 1)
     return scores_from_hidden(last, score_direction(params, config, yes_id, no_id))
 
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 import random
 import warnings
 
+import jax
 import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from prorank_jax.prompts import RerankPrompt, left_pad, round_up_length
+from scoring.batching import PACK_STEPS, packed_length, packed_lengths, token_slots
 from scoring.reranker import (
     RankResult,
     Reranker,
     TruncationWarning,
     bucket_for,
+    default_pack_tokens,
     length_buckets,
     max_compiled_prefix_shapes,
     max_compiled_shapes,
@@ -154,33 +157,84 @@ def test_scores_do_not_depend_on_batching_or_buckets(model_dir, tok):
     queries, documents = cases(seed=3, n=10)
     expected = mxbai_predict(torch_model, tok, queries, documents, max_length=96)
     expected_order = top_k_order(expected, len(expected))
-    for batch_size, steps in [(1, 4), (3, 1), (5, 8), (64, 2)]:
+    for batch_size, steps, pack in [(1, 4, True), (3, 1, True), (3, 1, False), (5, 8, False), (64, 2, True)]:
         rr = Reranker.from_pretrained(folder, max_length=96, batch_size=batch_size, steps_per_octave=steps,
-                                      show_progress=False)
+                                      show_progress=False, pack_tokens=pack)
         with pytest.warns(TruncationWarning):
             got = rr.predict(queries, documents)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4, err_msg=f"batch_size={batch_size} steps={steps}")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4,
+                                   err_msg=f"batch_size={batch_size} steps={steps} pack={pack}")
         np.testing.assert_array_equal(top_k_order(got, len(got)), expected_order)
         # per-call batch_size overrides the default and gives the same scores
         with pytest.warns(TruncationWarning):
             np.testing.assert_allclose(rr.predict(queries, documents, batch_size=2), got, rtol=0, atol=1e-5)
 
 
-def test_compiled_shapes_are_bounded_and_compiled_once(model_dir):
-    rr = Reranker.from_pretrained(model_dir[0], max_length=128, batch_size=4, show_progress=False)
+@pytest.mark.parametrize("pack", [True, False])
+def test_compiled_shapes_are_bounded_and_compiled_once(model_dir, pack):
+    rr = Reranker.from_pretrained(model_dir[0], max_length=128, batch_size=4, show_progress=False, pack_tokens=pack)
     queries, documents = cases(seed=4, n=14)
     with pytest.warns(TruncationWarning):
         rr.predict(queries, documents)
         rr.predict(queries[:3], documents[:3])
         rr.predict(queries[:1], documents[:1])
-    allowed = {(r, b) for r in row_sizes(4) for b in rr.buckets}
+    padded = max_compiled_shapes(rr.prompt.max_total_length, 4)
+    if pack:
+        allowed = {(r, b, n) for r in row_sizes(4) for b in rr.buckets for n in packed_lengths(r, b)}
+        assert len(allowed) <= rr.max_compiled_shapes == PACK_STEPS * padded
+        # packing ran fewer token rows than the padded shapes hold (the pairs' lengths differ)
+        assert any(n < r * b for r, b, n in rr.compiled_shapes)
+    else:
+        allowed = {(r, b, r * b) for r in row_sizes(4) for b in rr.buckets}
+        assert len(allowed) == rr.max_compiled_shapes == padded
     assert rr.compiled_shapes <= allowed
-    assert len(allowed) == rr.max_compiled_shapes == max_compiled_shapes(rr.prompt.max_total_length, 4)
+    assert rr._score_fn._cache_size() == len(rr.compiled_shapes)
     compiled = rr._score_fn._cache_size()
     with pytest.warns(TruncationWarning):
         rr.predict(queries, documents)  # same shapes again: no new compilation
         rr.predict(queries[:3], documents[:3])
     assert rr._score_fn._cache_size() == compiled
+
+
+def test_packed_lengths_and_token_slots():
+    # 4 rows x 40 slots, step ceil(160 / 8) = 20: real tokens rounded up to a multiple of 20
+    assert packed_lengths(4, 40) == (20, 40, 60, 80, 100, 120, 140, 160)
+    assert [packed_length(n, 4, 40) for n in (1, 20, 21, 159, 160)] == [20, 20, 40, 160, 160]
+    assert packed_lengths(3, 8) == (3, 6, 9, 12, 15, 18, 21, 24)
+    assert packed_lengths(1, 8) == tuple(range(1, 9))
+    for n in (0, 161):
+        with pytest.raises(ValueError, match="cannot hold"):
+            packed_length(n, 4, 40)
+    # left padding: row r's n tokens are its last n columns; row 2 is a filler row (not run)
+    slots = token_slots([3, 1], 4, 5, left_padded=True)
+    assert slots.dtype == np.int32 and len(slots) == packed_length(4, 4, 5) == 6
+    assert slots.tolist() == [2, 3, 4, 9, 20, 20]  # 20 = 4 * 5: filler tokens, no slot
+    assert token_slots([3, 1], 4, 5, left_padded=False).tolist() == [0, 1, 2, 5, 20, 20]
+    with pytest.raises(ValueError, match="row 1 has 6 tokens; a row holds 1 to 5"):
+        token_slots([3, 6], 4, 5, left_padded=True)
+
+
+def test_pack_tokens_is_on_by_default_on_cpu_only(reranker):
+    assert default_pack_tokens("cpu") and not default_pack_tokens("gpu") and not default_pack_tokens("tpu")
+    assert reranker.pack_tokens == (jax.default_backend() == "cpu")
+    with pytest.raises(ValueError, match="pack_tokens must be True, False or None"):
+        Reranker(reranker.config, reranker.params, reranker.tokenizer, pack_tokens="yes")
+
+
+def test_prefix_path_scores_do_not_depend_on_packing(model_dir, tok):
+    folder, torch_model = model_dir
+    queries, documents = grouped_cases(seed=11, docs_per_query=4)
+    expected = mxbai_predict(torch_model, tok, queries, documents, max_length=96)
+    got = {}
+    for pack in (True, False):
+        rr = Reranker.from_pretrained(folder, max_length=96, batch_size=3, show_progress=False, reuse_prefix=True,
+                                      pack_tokens=pack)
+        with pytest.warns(TruncationWarning):
+            got[pack] = rr.predict(queries, documents)
+        assert any(n < r * b for r, _, b, n in rr.compiled_extend_shapes) == pack  # packing ran fewer token rows
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[True], expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(top_k_order(got[True], len(expected)), top_k_order(got[False], len(expected)))
 
 
 def test_length_buckets():
@@ -418,8 +472,10 @@ def test_prefix_reuse_of_single_pairs_and_mixed_groups(model_dir, tok):
     assert got[0] == pytest.approx(got[len(queries) - 3], abs=1e-6)  # the same pair twice
 
 
-def test_prefix_shapes_are_bounded_and_compiled_once(model_dir):
-    rr = Reranker.from_pretrained(model_dir[0], max_length=128, batch_size=4, show_progress=False, reuse_prefix=True)
+@pytest.mark.parametrize("pack", [True, False])
+def test_prefix_shapes_are_bounded_and_compiled_once(model_dir, pack):
+    rr = Reranker.from_pretrained(model_dir[0], max_length=128, batch_size=4, show_progress=False, reuse_prefix=True,
+                                  pack_tokens=pack)
     queries, documents = grouped_cases(seed=10, docs_per_query=5)
     with pytest.warns(TruncationWarning):
         rr.predict(queries, documents)
@@ -427,9 +483,12 @@ def test_prefix_shapes_are_bounded_and_compiled_once(model_dir):
         rr.rank(queries[0], documents[:7])
     rows = row_sizes(4)
     assert rr.compiled_prefix_shapes <= {(r, p) for r in rows for p in rr.prefix_buckets}
-    assert rr.compiled_extend_shapes <= {(r, p, b) for r in rows for p in rr.prefix_buckets for b in rr.buckets}
-    assert rr.max_compiled_prefix_shapes == max_compiled_prefix_shapes(rr.prompt.max_total_length, 4)
-    assert rr.max_compiled_prefix_shapes == len(rows) * len(rr.prefix_buckets) * (1 + len(rr.buckets))
+    per_shape = PACK_STEPS if pack else 1
+    packed = packed_lengths if pack else lambda r, b: (r * b,)
+    assert rr.compiled_extend_shapes <= {
+        (r, p, b, n) for r in rows for p in rr.prefix_buckets for b in rr.buckets for n in packed(r, b)}
+    assert rr.max_compiled_prefix_shapes == max_compiled_prefix_shapes(rr.prompt.max_total_length, 4, 4, per_shape)
+    assert rr.max_compiled_prefix_shapes == len(rows) * len(rr.prefix_buckets) * (1 + per_shape * len(rr.buckets))
     fns = rr._prefix_fns
     assert fns.prefill._cache_size() == len(rr.compiled_prefix_shapes)
     assert fns.extend._cache_size() == len(rr.compiled_extend_shapes)

@@ -311,7 +311,8 @@ def forward_hidden(
     Padding then costs no projection or MLP work. Unlisted slots must be padding or
     tokens whose outputs are not needed (a row may be skipped whole); entries equal to
     batch * length are filler. The result is hidden [N, hidden] in token_slots order
-    (filler rows meaningless); see `slot_tokens` to find a slot's row.
+    (filler rows meaningless); see `slot_tokens` to find a slot's row. The packed tokens
+    form one row, so this is for unsharded (single-device) inference, not a data mesh.
     """
     attention_mask = attention_mask.astype(bool)
     length = input_ids.shape[1]

@@ -217,21 +217,19 @@ def right_pad(sequences: Sequence[Sequence[int]], length: int, pad_id: int) -> t
 PACK_STEPS = 8
 
 
-def packed_length(real_tokens: int, rows: int, length: int) -> int:
-    """Token rows a packed batch runs: real_tokens rounded up to a multiple of
-    ceil(rows * length / PACK_STEPS), at most rows * length."""
-    slots = rows * length
-    if not 0 < real_tokens <= slots:
-        raise ValueError(f"a batch of {rows} x {length} slots cannot hold {real_tokens} real tokens")
-    step = -(-slots // PACK_STEPS)
-    return min(slots, -(-real_tokens // step) * step)
-
-
 def packed_lengths(rows: int, length: int) -> tuple[int, ...]:
-    """Every value packed_length can take for a rows x length batch."""
+    """Every token count a packed rows x length batch may run: the multiples of
+    ceil(rows * length / PACK_STEPS), capped at rows * length."""
     slots = rows * length
     step = -(-slots // PACK_STEPS)
     return tuple(sorted({min(slots, k * step) for k in range(1, PACK_STEPS + 1)}))
+
+
+def packed_length(real_tokens: int, rows: int, length: int) -> int:
+    """Token rows a packed batch runs: the smallest of packed_lengths that holds real_tokens."""
+    if not 0 < real_tokens <= rows * length:
+        raise ValueError(f"a batch of {rows} x {length} slots cannot hold {real_tokens} real tokens")
+    return next(n for n in packed_lengths(rows, length) if n >= real_tokens)
 
 
 def token_slots(lengths: Sequence[int], rows: int, length: int, left_padded: bool) -> np.ndarray:

@@ -326,14 +326,19 @@ class Reranker:
     def max_compiled_shapes(self) -> int:
         """Bound on len(compiled_shapes) (whole prompts)."""
         bound = max_compiled_shapes(self.prompt.max_total_length, self.batch_size, self.steps_per_octave)
-        return bound * (PACK_STEPS if self.pack_tokens else 1)
+        return bound * self._packed_per_shape
 
     @property
     def max_compiled_prefix_shapes(self) -> int:
         """Bound on len(compiled_prefix_shapes) + len(compiled_extend_shapes)."""
         return max_compiled_prefix_shapes(
-            self.prompt.max_total_length, self.batch_size, self.steps_per_octave, PACK_STEPS if self.pack_tokens else 1
+            self.prompt.max_total_length, self.batch_size, self.steps_per_octave, self._packed_per_shape
         )
+
+    @property
+    def _packed_per_shape(self) -> int:
+        """Programs one padded shape can compile to: one per packed length when packing."""
+        return PACK_STEPS if self.pack_tokens else 1
 
     def uses_prefix_path(self, queries: Sequence[str]) -> bool:
         """Whether predict(queries, ...) takes the shared-prefix path (see reuse_prefix)."""
@@ -426,8 +431,8 @@ class Reranker:
         with bar:
             for batch in batches:
                 ids, mask = batch_arrays(sequences, batch, self.pad_id)
-                slots = self._token_slots([len(sequences[i]) for i in batch.indices], batch, left_padded=True)
-                self.compiled_shapes.add((batch.rows, batch.length, batch.rows * batch.length if slots is None else len(slots)))
+                slots, tokens = self._token_slots([len(sequences[i]) for i in batch.indices], batch, left_padded=True)
+                self.compiled_shapes.add((batch.rows, batch.length, tokens))
                 out = self._score_fn(self.params, ids, mask, slots)
                 if pending is not None:
                     self._collect(scores, *pending, bar)
@@ -467,8 +472,7 @@ class Reranker:
                     members += [members[0]] * (batch.rows - len(members))  # scores discarded
                     rows = np.array([row_of_group[groups[i]] for i in members], np.int32)
                     rest_ids, rest_lengths = right_pad([rests[i] for i in members], batch.length, self.pad_id)
-                    slots = self._token_slots([len(rests[i]) for i in batch.indices], batch, left_padded=False)
-                    tokens = batch.rows * batch.length if slots is None else len(slots)
+                    slots, tokens = self._token_slots([len(rests[i]) for i in batch.indices], batch, left_padded=False)
                     self.compiled_extend_shapes.add((batch.rows, chunk.length, batch.length, tokens))
                     out = fns.extend(self.params, fns.take(cache, rows), rest_ids, rest_lengths, slots)
                     if pending is not None:
@@ -478,12 +482,15 @@ class Reranker:
                 self._collect(scores, *pending, bar)
         return scores
 
-    def _token_slots(self, lengths: Sequence[int], batch: Batch, left_padded: bool) -> np.ndarray | None:
-        """The batch's packed token slots (its real pairs only: filler rows are not run), or
-        None when packing is off."""
+    def _token_slots(
+        self, lengths: Sequence[int], batch: Batch, left_padded: bool
+    ) -> tuple[np.ndarray | None, int]:
+        """The batch's packed token slots (its real pairs only: filler rows are not run) and
+        how many token rows the dense layers run; (None, rows * length) when packing is off."""
         if not self.pack_tokens:
-            return None
-        return token_slots(lengths, batch.rows, batch.length, left_padded)
+            return None, batch.rows * batch.length
+        slots = token_slots(lengths, batch.rows, batch.length, left_padded)
+        return slots, len(slots)
 
     @staticmethod
     def _collect(scores: np.ndarray, batch: Batch, out: jax.Array, bar) -> None:

@@ -21,14 +21,28 @@ def completion_logprobs(params, config: ModelConfig, prompt_ids, prompt_mask, co
                         temperature: float, with_entropy: bool = False):
     """Per-token log-probs [N, T] of completion_ids after left-padded prompts, at a temperature.
 
-    Only the T completion positions are projected onto the vocabulary.
+    prompt_ids / prompt_mask are [B, P] with N = B * G: rows b * G ... b * G + G - 1 of the
+    completions continue prompt b (np.repeat order; G = 1 takes one prompt per completion).
+    Each prompt runs through the model once and its KV cache is shared by its G
+    completions, so the update costs B prompts plus N completions rather than N whole
+    sequences (G times less for one-token answers). Only the T completion positions are
+    projected onto the vocabulary.
     """
-    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
-    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
-    hidden, _ = model.forward_hidden(params, config, ids, mask)
-    p, t = prompt_ids.shape[1], completion_ids.shape[1]
-    return model.token_logprobs(params, config, hidden[:, p - 1:p + t - 1], completion_ids, temperature,
-                                chunk_size=t, with_entropy=with_entropy)
+    b, n, t = prompt_ids.shape[0], completion_ids.shape[0], completion_ids.shape[1]
+    if n % b:
+        raise ValueError(f"completion_logprobs: {n} completions do not split into groups over {b} prompts")
+    group = n // b
+    cache = model.init_cache(config, b, prompt_ids.shape[1])
+    prompt_hidden, cache = model.forward_hidden(params, config, prompt_ids, prompt_mask, cache=cache)
+    # The last prompt column predicts the first completion token (prompts are left padded).
+    hidden = jnp.repeat(prompt_hidden[:, -1:], group, axis=0)
+    if t > 1:
+        rows = jnp.repeat(jnp.arange(b), group)
+        completion_hidden, _ = model.extend_hidden(params, config, model.take_cache_rows(cache, rows),
+                                                   completion_ids[:, :-1], completion_mask[:, :-1])
+        hidden = jnp.concatenate([hidden, completion_hidden], axis=1)
+    return model.token_logprobs(params, config, hidden, completion_ids, temperature, chunk_size=t,
+                                with_entropy=with_entropy)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature"))
@@ -58,7 +72,7 @@ def rollout(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """prompts: {"input_ids" [B, P], "attention_mask" [B, P], "label" [B] (0/1)}.
 
-    Returns the train batch (N = B * G rows) and host metrics of the rollout.
+    Returns the train batch (B prompt rows, N = B * G completion rows) and host metrics of the rollout.
     """
     g = grpo.group_size
     out = sampling.sample(params, config, prompts["input_ids"], prompts["attention_mask"], rng, sampler, g)
@@ -70,8 +84,9 @@ def rollout(
                                   eps=grpo.advantage_eps)
 
     batch: dict[str, Any] = {
-        "prompt_ids": np.repeat(np.asarray(prompts["input_ids"]), g, axis=0),
-        "prompt_mask": np.repeat(np.asarray(prompts["attention_mask"]), g, axis=0),
+        # One row per prompt; completion rows b * g ... b * g + g - 1 belong to prompt b.
+        "prompt_ids": np.asarray(prompts["input_ids"]),
+        "prompt_mask": np.asarray(prompts["attention_mask"]),
         "completion_ids": tokens,
         "completion_mask": completion_mask,
         "advantages": np.asarray(advantages, np.float32),

@@ -62,6 +62,7 @@ class GRPOStage:
         prompts = next(self.prompts)
         batch, metrics = rollout(state.params, self.ref_params, self.config, prompts, rng, self.grpo,
                                  self.sampler, self.tokenizer)
+        # The tokens the update runs through the model: each prompt once, then its completions.
         tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
         return training.StepOutput(batch=batch, host_metrics=metrics, tokens=tokens)
 

@@ -30,12 +30,13 @@ def grpo_case():
     grpo = GRPOConfig(group_size=4, max_completion_tokens=3, beta=0.04)
     rng = np.random.RandomState(0)
     n, p, t = 16, 12, 3
-    prompt_mask = np.ones((n, p), np.int32)
+    prompts = n // grpo.group_size  # each prompt row is shared by its group of 4 completions
+    prompt_mask = np.ones((prompts, p), np.int32)
     prompt_mask[::3, :4] = 0
     completion_mask = np.ones((n, t), np.int32)
     completion_mask[1::4, 2:] = 0
     batch = {
-        "prompt_ids": rng.randint(0, 64, (n, p)).astype(np.int32),
+        "prompt_ids": rng.randint(0, 64, (prompts, p)).astype(np.int32),
         "prompt_mask": prompt_mask,
         "completion_ids": rng.randint(0, 64, (n, t)).astype(np.int32),
         "completion_mask": completion_mask,

@@ -19,6 +19,14 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir
 
 BUNDLED = "bundled"
+# model.path of the bundled self-supervised warm start of the tiny model (an HF folder
+# without tokenizer files; it pairs with the bundled tokenizer). How it was made:
+# prorank_jax/data/bundled/README.md.
+BUNDLED_WARM_START = "bundled_warm_start"
+
+
+def bundled_warm_start_dir() -> Path:
+    return bundled_data_dir() / "warm_start"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +34,12 @@ class ModelSource:
     """The model a run starts from.
 
     path: an HF checkpoint folder or a prorank run folder (its latest checkpoint); when
-      None, a random model is built from `config`.
+      None, a random model is built from `config`; "bundled_warm_start" is the tiny model
+      after inverse-cloze pretraining on the bundled corpus.
     config: an HF config.json (file or folder) for the random init; "bundled" is the tiny
       bundled Qwen2 config.
-    tokenizer: a tokenizer folder; by default the checkpoint's own tokenizer files, or the
-      bundled tokenizer for a random init.
+    tokenizer: a tokenizer folder, or "bundled"; by default the checkpoint's own tokenizer
+      files, or the bundled tokenizer for a random init and for the bundled warm start.
     dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
     init_seed / init_std: seed and standard deviation of the random init's normal weights
       (0.02 is HF's initializer_range; the tiny model trained from scratch on inverse-cloze
@@ -88,7 +97,11 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     """Resolve a ModelSource to (config, params, tokenizer folder)."""
     tokenizer_dir = Path(source.tokenizer) if source.tokenizer and source.tokenizer != BUNDLED else None
     if source.path:
-        config, params, own_tokenizer = load_pretrained(source.path, **source.overrides())
+        warm_start = source.path == BUNDLED_WARM_START
+        path = bundled_warm_start_dir() if warm_start else source.path
+        config, params, own_tokenizer = load_pretrained(path, **source.overrides())
+        if source.tokenizer == BUNDLED or (warm_start and tokenizer_dir is None):
+            tokenizer_dir = bundled_tokenizer_dir()
         tokenizer_dir = tokenizer_dir or own_tokenizer
         if tokenizer_dir is None:
             raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")

@@ -1,9 +1,10 @@
 """`prorank demo`: the whole method on the bundled tiny default, end to end.
 
-Stage 1 (GRPO prompt warmup, grpo_tiny.yaml), stage 2 (score learning from the
-stage-1 run, score_tiny.yaml), evaluation on the bundled test split (BM25 alone,
-BM25 reranked by the stage-1 model, and by the stage-2 model), export of the stage-2
-model as a Hugging Face folder, a summary table and a PNG of the training curves.
+Stage 1 (GRPO prompt warmup from the bundled warm start, grpo_tiny_warm.yaml), stage 2
+(score learning from the stage-1 run, score_tiny_warm.yaml), evaluation on the bundled
+test split (BM25 alone, then BM25 reranked by the warm start, the stage-1 model and the
+stage-2 model), export of the stage-2 model as a Hugging Face folder, a summary table
+and a PNG of the training curves.
 Re-running with the same --out resumes the stages where they stopped.
 """
 
@@ -41,9 +42,10 @@ def plot_curves(grpo_dir: Path, score_dir: Path, path: Path) -> Path:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key in ("reward", "format_rate", "accuracy"):
-        axes[0].plot(*series(stage1, key), label=key)
-    axes[0].set_title("stage 1 (GRPO): reward and rates")
+    axes[0].plot(*series(stage1, "reward"), label="sampled reward")
+    for key in ("format_rate", "accuracy", "majority_rate"):
+        axes[0].plot(*series(stage1, f"eval/{key}"), marker="o", label=f"held-out greedy {key}")
+    axes[0].set_title("stage 1 (GRPO): reward and held-out answers")
     axes[1].plot(*series(stage1, "kl"), color="tab:red")
     axes[1].set_title("stage 1: KL to the reference policy")
     axes[2].plot(*series(stage2, "eval/ndcg@10"), marker="o", label="validation nDCG@10")
@@ -66,7 +68,8 @@ def plot_curves(grpo_dir: Path, score_dir: Path, path: Path) -> Path:
 def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | None = None, top_k: int = 20) -> dict:
     from launch.train_grpo import run_grpo
     from launch.train_score import run_score
-    from prorank_jax.data import bundled_data_dir, load_beir
+    from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir, load_beir
+    from prorank_jax.pretrained import bundled_warm_start_dir
     from prorank_jax.export import export_hf
     from scoring.evaluate import RERANKED, evaluate
     from scoring.metrics import format_metrics_table
@@ -74,18 +77,20 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
 
     start = time.perf_counter()
     grpo_dir, score_dir = out / "grpo", out / "score"
-    print("== stage 1: GRPO prompt warmup (bundled tiny model, random init)", flush=True)
-    stage1 = run_grpo(cfglib.load_config("grpo_tiny", _stage_overrides(grpo_dir, grpo_steps)))
+    print("== stage 1: GRPO prompt warmup (bundled tiny model, from the bundled warm start)", flush=True)
+    stage1 = run_grpo(cfglib.load_config("grpo_tiny_warm", _stage_overrides(grpo_dir, grpo_steps)))
     print("== stage 2: score learning from the stage-1 run", flush=True)
     stage2 = run_score(cfglib.load_config(
-        "score_tiny", _stage_overrides(score_dir, score_steps) + [f"model.path={grpo_dir}"]))
+        "score_tiny_warm", _stage_overrides(score_dir, score_steps) + [f"model.path={grpo_dir}"]))
 
     print(f"== evaluation: bundled test split, BM25 top {top_k} reranked", flush=True)
     data = load_beir(bundled_data_dir(), "test")
     rows: dict[str, dict[str, float]] = {}
-    for name, run_dir in (("stage 1 (GRPO)", grpo_dir), ("stage 2 (score)", score_dir)):
-        report = evaluate(Reranker.from_pretrained(run_dir, show_progress=False), data, top_k=top_k,
-                          out_dir=out / "eval" / run_dir.name)
+    models = (("warm start", bundled_warm_start_dir(), bundled_tokenizer_dir()), ("stage 1 (GRPO)", grpo_dir, None),
+              ("stage 2 (score)", score_dir, None))
+    for name, run_dir, tokenizer in models:
+        report = evaluate(Reranker.from_pretrained(run_dir, tokenizer=tokenizer, show_progress=False), data,
+                          top_k=top_k, out_dir=out / "eval" / run_dir.name)
         rows.setdefault(f"BM25 (first stage)", report.metrics[report.first_stage])
         rows[f"BM25 + {name}"] = report.metrics[RERANKED]
 
@@ -116,8 +121,8 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="prorank demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--grpo-steps", type=int, default=None, help="default: grpo_tiny.yaml's loop.steps")
-    parser.add_argument("--score-steps", type=int, default=None, help="default: score_tiny.yaml's loop.steps")
+    parser.add_argument("--grpo-steps", type=int, default=None, help="default: grpo_tiny_warm.yaml's loop.steps")
+    parser.add_argument("--score-steps", type=int, default=None, help="default: score_tiny_warm.yaml's loop.steps")
     parser.add_argument("--top-k", type=int, default=20, help="BM25 candidates reranked per query")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), grpo_steps=args.grpo_steps, score_steps=args.score_steps, top_k=args.top_k)

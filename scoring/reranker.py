@@ -282,11 +282,14 @@ class Reranker:
         step: int | None = None,
         reuse_prefix: bool | None = None,
         pack_tokens: bool | None = None,
+        tokenizer: str | os.PathLike | None = None,
     ) -> "Reranker":
         """Load an HF folder (config.json + safetensors + tokenizer) or a prorank run folder
         (run_config.json + model_config.json + tokenizer/ + checkpoints/; `step` picks a
-        checkpoint, default the latest). As in mxbai, estimated_max=None looks the path up in
-        the table of hub ids, so a local folder gets the 12.0 default."""
+        checkpoint, default the latest). `tokenizer` is a tokenizer folder to use instead of
+        the model's own (for a model folder saved without tokenizer files). As in mxbai,
+        estimated_max=None looks the path up in the table of hub ids, so a local folder gets
+        the 12.0 default."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")
@@ -295,13 +298,14 @@ class Reranker:
             from prorank_jax.checkpoint import load_for_inference
 
             config, params, tokenizer_dir = load_for_inference(path, step=step)
+            tokenizer_dir = tokenizer if tokenizer is not None else tokenizer_dir
             if tokenizer_dir is None:
                 raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
         elif (path / "config.json").is_file():
             if step is not None:
                 raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
             config, params = hf.load(path)
-            tokenizer_dir = path
+            tokenizer_dir = tokenizer if tokenizer is not None else path
         else:
             raise FileNotFoundError(
                 f"{path}: neither an HF model folder (config.json + model.safetensors + tokenizer files) "

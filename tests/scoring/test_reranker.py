@@ -546,3 +546,19 @@ def test_bfloat16_prefix_reuse_stays_close(model_dir, tok):
     tolerance = 0.1 * np.abs(expected).max() + 0.05  # as for whole prompts in bfloat16 above
     np.testing.assert_allclose(got[True], expected, rtol=0, atol=tolerance)
     np.testing.assert_allclose(got[True], got[False], rtol=0, atol=tolerance)
+
+
+def test_a_model_folder_without_tokenizer_files_takes_a_tokenizer_folder(tmp_path, model_dir):
+    """from_pretrained(tokenizer=...): the same scores as the folder with its own tokenizer."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir[0] / name, bare / name)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        Reranker.from_pretrained(bare, show_progress=False)
+    queries, documents = ["how do plants make food"] * 2, ["Leaves turn light into sugar.", "Trains run late."]
+    borrowed = Reranker.from_pretrained(bare, tokenizer=model_dir[0], batch_size=4, show_progress=False)
+    own = Reranker.from_pretrained(model_dir[0], batch_size=4, show_progress=False)
+    np.testing.assert_array_equal(borrowed.predict(queries, documents), own.predict(queries, documents))

@@ -38,8 +38,9 @@ class ModelSource:
       after inverse-cloze pretraining on the bundled corpus.
     config: an HF config.json (file or folder) for the random init; "bundled" is the tiny
       bundled Qwen2 config.
-    tokenizer: a tokenizer folder, or "bundled"; by default the checkpoint's own tokenizer
-      files, or the bundled tokenizer for a random init and for the bundled warm start.
+    tokenizer: a tokenizer folder; else the checkpoint's own tokenizer files; "bundled" (and
+      the default for a random init or the bundled warm start) falls back to the bundled
+      tokenizer when the checkpoint has none.
     dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
     init_seed / init_std: seed and standard deviation of the random init's normal weights
       (0.02 is HF's initializer_range; the tiny model trained from scratch on inverse-cloze
@@ -100,9 +101,10 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
         warm_start = source.path == BUNDLED_WARM_START
         path = bundled_warm_start_dir() if warm_start else source.path
         config, params, own_tokenizer = load_pretrained(path, **source.overrides())
-        if source.tokenizer == BUNDLED or (warm_start and tokenizer_dir is None):
-            tokenizer_dir = bundled_tokenizer_dir()
         tokenizer_dir = tokenizer_dir or own_tokenizer
+        if tokenizer_dir is None and (warm_start or source.tokenizer == BUNDLED):
+            # A folder's own tokenizer wins; "bundled" fills in for folders without one.
+            tokenizer_dir = bundled_tokenizer_dir()
         if tokenizer_dir is None:
             raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")
         return config, params, tokenizer_dir

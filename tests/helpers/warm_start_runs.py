@@ -4,16 +4,11 @@ the bundled warm start (grpo_tiny_warm.yaml), then stage 2 from its checkpoint
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from launch import config as cfglib
 
 QUIET = ["loop.progress_bar=false"]
-
-
-def metrics_rows(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def run_stage1(out_dir: Path) -> dict:

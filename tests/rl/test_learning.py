@@ -4,7 +4,7 @@ import json
 
 from launch import config as cfglib
 from launch.train_grpo import run_grpo
-from tests.helpers import warm_start_runs
+from prorank_jax.training import read_metrics
 
 
 def test_grpo_teaches_the_format_on_the_bundled_default(tmp_path):
@@ -31,7 +31,7 @@ def test_grpo_from_the_warm_start_answers_held_out_pairs_above_the_majority_rate
     the samples over the whole 1,536-token vocabulary.
     """
     out_dir, summary = warm_stage1
-    evals = [r for r in warm_start_runs.metrics_rows(out_dir) if "eval/accuracy" in r]
+    evals = [r for r in read_metrics(out_dir) if "eval/accuracy" in r]
     first, last = evals[0], summary["eval"]
     assert first["step"] == 0 and [r["step"] for r in evals][-1] == 100
     # The warm start judges the pairs (its score orders them) but seldom answers in format...
@@ -41,5 +41,5 @@ def test_grpo_from_the_warm_start_answers_held_out_pairs_above_the_majority_rate
     assert last["format_rate"] >= 0.9
     assert last["accuracy"] > last["majority_rate"]
     assert last["pairs"] == first["eval/pairs"] and last["score_auc"] > 0.6
-    train = [r for r in warm_start_runs.metrics_rows(out_dir) if "format_rate" in r]
+    train = [r for r in read_metrics(out_dir) if "format_rate" in r]
     assert all(r["update_skipped"] == 0.0 for r in train) and train[-1]["kl"] > 0.0

@@ -7,8 +7,8 @@ import pytrec_eval
 
 from launch import config as cfglib
 from prorank_jax.data.pipeline import DataConfig, load_config_examples
+from prorank_jax.training import read_metrics
 from scoring.train import validation_set
-from tests.helpers import warm_start_runs
 
 
 def random_ordering_ndcg10(validation, draws: int = 300, seed: int = 0) -> float:
@@ -25,7 +25,7 @@ def random_ordering_ndcg10(validation, draws: int = 300, seed: int = 0) -> float
 
 def test_stage2_from_the_stage1_checkpoint_beats_it_and_a_random_ordering(warm_stage2):
     out_dir, summary = warm_stage2
-    evals = [r for r in warm_start_runs.metrics_rows(out_dir) if "eval/ndcg@10" in r]
+    evals = [r for r in read_metrics(out_dir) if "eval/ndcg@10" in r]
     # Step 0 validates the model as loaded: the stage-1 checkpoint, before any stage-2 update.
     assert [r["step"] for r in evals] == [0, 20, 40, 60]
     stage1, stage2 = evals[0]["eval/ndcg@10"], summary["eval"]["ndcg@10"]
@@ -35,4 +35,4 @@ def test_stage2_from_the_stage1_checkpoint_beats_it_and_a_random_ordering(warm_s
     assert len(validation.candidates) == 11 and 0.5 < chance < 0.7
     assert stage1 > chance
     assert stage2 > stage1 + 0.02, (stage1, stage2)
-    assert all(r["update_skipped"] == 0.0 for r in warm_start_runs.metrics_rows(out_dir) if "update_skipped" in r)
+    assert all(r["update_skipped"] == 0.0 for r in read_metrics(out_dir) if "update_skipped" in r)

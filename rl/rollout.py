@@ -41,8 +41,7 @@ def completion_logprobs(params, config: ModelConfig, prompt_ids, prompt_mask, co
         completion_hidden, _ = model.extend_hidden(params, config, model.take_cache_rows(cache, rows),
                                                    completion_ids[:, :-1], completion_mask[:, :-1])
         hidden = jnp.concatenate([hidden, completion_hidden], axis=1)
-    return model.token_logprobs(params, config, hidden, completion_ids, temperature, chunk_size=t,
-                                with_entropy=with_entropy)
+    return model.token_logprobs(params, config, hidden, completion_ids, temperature, with_entropy=with_entropy)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "temperature"))

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-# A spread of shapes: GQA ratios 1, 2 and 7, tied and untied heads, odd head
-# counts, explicit head_dim, RoPE theta away from the default.
+# A spread of shapes: GQA ratios 1, 2 and 7 (each for Qwen2 and Qwen3), tied and
+# untied heads, odd head counts, explicit head_dim, RoPE theta away from the default.
 PARITY_CONFIGS = {
     "qwen2-mha-tied": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=4, hidden_size=32,
                            tie_word_embeddings=True, rope_theta=10000.0),
@@ -21,6 +21,9 @@ PARITY_CONFIGS = {
                                head_dim=16, tie_word_embeddings=True, rope_theta=20000.0),
     "qwen3-gqa7-bias": dict(model_type="qwen3", num_attention_heads=7, num_key_value_heads=1, hidden_size=28,
                             head_dim=6, tie_word_embeddings=False, attention_bias=True, rope_theta=500.0),
+    # heads * head_dim (30) != hidden_size (24): the projections are not square even without GQA.
+    "qwen3-mha-headdim": dict(model_type="qwen3", num_attention_heads=3, num_key_value_heads=3, hidden_size=24,
+                              head_dim=10, tie_word_embeddings=False, rope_theta=1000000.0),
 }
 
 

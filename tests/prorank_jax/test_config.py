@@ -43,22 +43,24 @@ def test_legacy_top_level_rope_theta():
 
 
 @pytest.mark.parametrize(
-    "change, field",
+    "change, field, value",
     [
-        (dict(use_sliding_window=True, sliding_window=128), "use_sliding_window"),
-        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "rope_parameters.rope_type"),
-        (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling.rope_type"),
-        (dict(model_type="llama"), "model_type"),
-        (dict(hidden_act="gelu"), "hidden_act"),
-        (dict(attention_dropout=0.1), "attention_dropout"),
-        (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
+        (dict(use_sliding_window=True, sliding_window=128), "use_sliding_window", "True"),
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "rope_parameters.rope_type",
+         "'yarn'"),
+        (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling.rope_type", "'linear'"),
+        (dict(model_type="llama"), "model_type", "'llama'"),
+        (dict(hidden_act="gelu"), "hidden_act", "'gelu'"),
+        (dict(attention_dropout=0.1), "attention_dropout", "0.1"),
+        (dict(quantization_config={"quant_method": "gptq"}), "quantization_config", "'gptq'"),
     ],
 )
-def test_unsupported_features_name_the_field(change, field):
+def test_unsupported_features_name_the_field(change, field, value):
     d = hf_dict()
     d.update(change)
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as err:
         ModelConfig.from_hf(d)
+    assert value in str(err.value)
 
 
 def test_bad_file_and_bad_values(tmp_path):

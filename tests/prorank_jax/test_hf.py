@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from prorank_jax import hf, model
 from tests.helpers.hf_models import PARITY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
@@ -75,6 +75,15 @@ def test_tokenizer_files_are_copied(tmp_path):
     config, params = hf.load(tmp_path / "src")
     hf.save(params, config, tmp_path / "dst", tokenizer_dir=tok_dir)
     assert (tmp_path / "dst" / "tokenizer.json").exists()
+    # Beside a config.json AutoTokenizer picks the class from the model type (Qwen2Tokenizer,
+    # which splits digits unlike the bare tokenizer.json), so the source is loaded for that
+    # model too: the saved folder must tokenize as the source tokenizer does for this model.
+    source = AutoTokenizer.from_pretrained(tok_dir, config=AutoConfig.from_pretrained(tmp_path / "src"))
+    saved = AutoTokenizer.from_pretrained(tmp_path / "dst")
+    text = "<|im_start|>user\nquery: what is the capital of France? 2024 ünïcödé 東京<|im_end|>"
+    assert saved(text)["input_ids"] == source(text)["input_ids"]
+    assert saved.convert_tokens_to_ids("<|im_end|>") in saved(text)["input_ids"]  # a special token, not bytes
+    assert (saved.eos_token, saved.pad_token) == (source.eos_token, source.pad_token)
     with pytest.raises(hf.CheckpointError, match="no tokenizer files"):
         hf.save(params, config, tmp_path / "dst2", tokenizer_dir=tmp_path / "src")
     assert not (tmp_path / "dst2").exists()  # nothing half-written is left behind

@@ -47,20 +47,41 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
     return sections, resolved
 
 
+def _int_env(name: str, low: int, high: int | None = None) -> int:
+    """An integer environment variable in [low, high); a ValueError naming it otherwise."""
+    expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high - 1}"
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        raise ValueError(f"{name} is not set; with PRORANK_COORDINATOR set it must be {expected}")
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected {expected}") from None
+    if value < low or (high is not None and value >= high):
+        raise ValueError(f"{name}={value}: expected {expected}")
+    return value
+
+
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when the launcher says this is one of several processes.
 
     Set by launch/multi_gpu.sh and launch/tpu_pod.sh: PRORANK_COORDINATOR (host:port),
     PRORANK_NUM_PROCESSES, PRORANK_PROCESS_ID. On Cloud TPU pods JAX discovers all of it
     itself, signalled by PRORANK_DISTRIBUTED=auto. Must run before any other JAX call.
+    Set by hand, a wrong value would start a job that hangs waiting for hosts that never
+    come, so every value is checked first and a bad one is named.
     """
-    if os.environ.get("PRORANK_DISTRIBUTED") == "auto":
+    mode = os.environ.get("PRORANK_DISTRIBUTED", "").strip()
+    if mode == "auto":
         jax.distributed.initialize()
-    elif os.environ.get("PRORANK_COORDINATOR"):
+    elif mode:
+        raise ValueError(f"PRORANK_DISTRIBUTED={mode!r}: expected 'auto' or unset")
+    elif os.environ.get("PRORANK_COORDINATOR", "").strip():
+        num_processes = _int_env("PRORANK_NUM_PROCESSES", 1)
         jax.distributed.initialize(
-            coordinator_address=os.environ["PRORANK_COORDINATOR"],
-            num_processes=int(os.environ["PRORANK_NUM_PROCESSES"]),
-            process_id=int(os.environ["PRORANK_PROCESS_ID"]),
+            coordinator_address=os.environ["PRORANK_COORDINATOR"].strip(),
+            num_processes=num_processes,
+            process_id=_int_env("PRORANK_PROCESS_ID", 0, num_processes),
         )
 
 

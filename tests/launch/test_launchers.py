@@ -148,3 +148,99 @@ def test_tpu_pod_without_gcloud_says_so(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "launch/tpu_pod.sh"), "--name", "n", "--zone", "z", "train-grpo"],
                           env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 127 and "gcloud not found" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- launch/runner.py
+class InitializeRecorder:
+    """Stands in for jax.distributed.initialize: records the keyword arguments of each call."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, *args, **kwargs):
+        assert not args, f"positional arguments are easy to misorder: {args}"
+        self.calls.append(kwargs)
+
+
+@pytest.fixture
+def initialize(monkeypatch):
+    import jax
+
+    recorder = InitializeRecorder()
+    monkeypatch.setattr(jax.distributed, "initialize", recorder)
+    for var in DIST_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return recorder
+
+
+def test_initialize_distributed_with_the_launchers_variables(initialize, monkeypatch):
+    from launch.runner import maybe_initialize_distributed
+
+    # what launch/multi_gpu.sh exports on host 1 of 2
+    monkeypatch.setenv("PRORANK_COORDINATOR", "10.0.0.1:1234")
+    monkeypatch.setenv("PRORANK_NUM_PROCESSES", "2")
+    monkeypatch.setenv("PRORANK_PROCESS_ID", "1")
+    maybe_initialize_distributed()
+    assert initialize.calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+    assert all(type(v) is int for k, v in initialize.calls[0].items() if k != "coordinator_address")
+
+
+def test_initialize_distributed_auto_lets_jax_discover(initialize, monkeypatch):
+    """launch/tpu_pod.sh: PRORANK_DISTRIBUTED=auto, JAX finds coordinator and ids itself (and it
+    wins over a coordinator left in the environment)."""
+    from launch.runner import maybe_initialize_distributed
+
+    monkeypatch.setenv("PRORANK_DISTRIBUTED", "auto")
+    maybe_initialize_distributed()
+    monkeypatch.setenv("PRORANK_COORDINATOR", "h:1")
+    maybe_initialize_distributed()
+    assert initialize.calls == [{}, {}]
+
+
+@pytest.mark.parametrize("env", [{}, {"PRORANK_COORDINATOR": ""}, {"PRORANK_DISTRIBUTED": ""}],
+                         ids=["unset", "empty-coordinator", "empty-distributed"])
+def test_single_process_does_not_initialize(initialize, monkeypatch, env):
+    from launch.runner import maybe_initialize_distributed
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    maybe_initialize_distributed()
+    assert initialize.calls == []
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PRORANK_PROCESS_ID": "0"}, "PRORANK_NUM_PROCESSES is not set"),
+    ({"PRORANK_NUM_PROCESSES": "2"}, "PRORANK_PROCESS_ID is not set"),
+    ({"PRORANK_NUM_PROCESSES": "two", "PRORANK_PROCESS_ID": "0"}, "PRORANK_NUM_PROCESSES='two': expected an integer >= 1"),
+    ({"PRORANK_NUM_PROCESSES": "0", "PRORANK_PROCESS_ID": "0"}, "PRORANK_NUM_PROCESSES=0: expected an integer >= 1"),
+    ({"PRORANK_NUM_PROCESSES": "2", "PRORANK_PROCESS_ID": "2"}, "PRORANK_PROCESS_ID=2: expected an integer in 0..1"),
+    ({"PRORANK_NUM_PROCESSES": "2", "PRORANK_PROCESS_ID": "-1"}, "PRORANK_PROCESS_ID=-1: expected an integer in 0..1"),
+    ({"PRORANK_DISTRIBUTED": "yes"}, "PRORANK_DISTRIBUTED='yes': expected 'auto' or unset"),
+], ids=["no-count", "no-id", "not-a-number", "zero-processes", "id-too-large", "negative-id", "not-auto"])
+def test_bad_distributed_settings_are_named_before_initializing(initialize, monkeypatch, env, message):
+    """A coordinator without a usable process count and id, or an unknown PRORANK_DISTRIBUTED,
+    raises an error naming the variable rather than starting a job that waits for hosts."""
+    from launch.runner import maybe_initialize_distributed
+
+    monkeypatch.setenv("PRORANK_COORDINATOR", "h:1")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError) as err:
+        maybe_initialize_distributed()
+    assert message in str(err.value)
+    assert initialize.calls == []
+
+
+@pytest.mark.parametrize("command", ["train-grpo", "train-score"])
+def test_train_commands_initialize_before_loading_the_config(initialize, monkeypatch, tmp_path, command):
+    """Both training commands call it first thing: with a coordinator set, initialize is recorded
+    even though the config then fails to load."""
+    from launch import cli
+    from launch.config import RunConfigError
+
+    monkeypatch.setenv("PRORANK_COORDINATOR", "h:1")
+    monkeypatch.setenv("PRORANK_NUM_PROCESSES", "4")
+    monkeypatch.setenv("PRORANK_PROCESS_ID", "3")
+    with pytest.raises(RunConfigError, match="no such config file"):
+        cli.main([command, "--config", str(tmp_path / "missing.yaml")])
+    assert initialize.calls == [{"coordinator_address": "h:1", "num_processes": 4, "process_id": 3}]

@@ -115,20 +115,25 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     state_sharding = training.state_shardings(abstract, tx, device_mesh)
     params = jax.device_put(params, state_sharding.params)
 
+    # Each saved step records the config this invocation resolved; run_config.json keeps
+    # only the run's first, so a resume with other overrides is visible per step.
     checkpointer = checkpoint.Checkpointer(out_dir / "checkpoints", save_interval_steps=max(loop.save_every, 1),
-                                           max_to_keep=loop.max_to_keep, async_save=loop.async_checkpointing)
+                                           max_to_keep=loop.max_to_keep, async_save=loop.async_checkpointing,
+                                           run_config=resolved_config)
     if jax.process_index() == 0:
         checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config, model_config=config.to_hf(),
                                       tokenizer_dir=tokenizer_dir)
     base_rng = jax.random.key(loop.seed)
-    latest = checkpointer.latest_step()
+    # The newest step that actually restores: one with a damaged array file is skipped
+    # (with a warning) for the step before it.
+    restored = checkpointer.restore_latest(abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
+                                           param_shardings=state_sharding.params,
+                                           opt_state_shardings=state_sharding.opt_state)
+    latest = None if restored is None else restored["step"]
     data_state = None
-    if latest is None:
+    if restored is None:
         state = jax.jit(lambda p: training.init_train_state(p, tx), out_shardings=state_sharding)(params)
     else:
-        restored = checkpointer.restore(latest, abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
-                                        param_shardings=state_sharding.params,
-                                        opt_state_shardings=state_sharding.opt_state)
         extra = restored["data_state"] or {}
         data_state = extra.get("iterator") or None
         state = training.TrainState(

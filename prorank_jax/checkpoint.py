@@ -9,13 +9,18 @@ A run folder looks like::
         params/                    the params pytree            (StandardSave)
         opt_state/                 the optax state pytree       (StandardSave)
         train_meta/                step, RNG key, data-iterator state (JsonSave)
+        config/                    the run's resolved config as of this save (JsonSave;
+                                   absent from checkpoints written before it existed)
 
 Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp``, writes
 ``commit_success.txt`` into it once every item is on disk, then renames it to
 ``<step>``. A folder without the suffix and with that file is therefore complete
 unless something damaged it later; ``latest_step`` also checks each item's own
 metadata so a folder with a missing or unreadable item is skipped (with a warning
-naming it) for the previous complete step.
+naming it) for the previous complete step. Damage below the metadata (a truncated
+array file) only shows when the arrays are read: ``restore_latest`` then falls back
+step by step to the newest one that restores, and a writable Checkpointer moves the
+unrestorable newer folders aside so their steps can be saved again.
 
 The RNG key is stored as its raw key data (``jax.random.key_data``, a few uint32
 words) plus the name of its PRNG implementation, inside the JSON item, and rebuilt
@@ -24,8 +29,10 @@ carries a device placement, so a key saved on 8 devices restores anywhere. Legac
 raw ``uint32`` keys (``jax.random.PRNGKey``) round-trip as raw arrays.
 
 Preemption: ``preemption_guard()`` installs a SIGTERM handler that only sets a flag;
-the training loop polls ``preemption_requested()`` once per step, saves the current
-step with ``force=True``, waits for it and stops.
+the training loop polls ``stop_requested()`` once per step, saves the current step
+with ``force=True``, waits for it and stops. On multi-process runs ``stop_requested``
+combines every process's flag, so all of them stop and save at the same step even
+when the signal reached only some of them.
 """
 
 from __future__ import annotations
@@ -53,8 +60,8 @@ from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 
 log = logging.getLogger(__name__)
 
-PARAMS, OPT_STATE, TRAIN_META = "params", "opt_state", "train_meta"
-ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_META)
+PARAMS, OPT_STATE, TRAIN_META, CONFIG = "params", "opt_state", "train_meta", "config"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_META, CONFIG)
 ARRAY_ITEMS = (PARAMS, OPT_STATE)
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
@@ -92,8 +99,23 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def _json_item(step_dir: Path, item: str) -> tuple[Any, str | None]:
+    """(value, None) of a JsonSave item's file, or (None, why it cannot be read)."""
+    path = step_dir / item / JSON_ITEM_FILE
+    try:
+        return _read_json(path), None
+    except FileNotFoundError:
+        return None, f"item {item!r} is missing ({path} does not exist)"
+    except (OSError, ValueError) as err:
+        return None, f"item {item!r}: {path} is unreadable ({err})"
+
+
 def step_problem(step_dir: Path) -> str | None:
-    """Why step_dir is not a complete checkpoint of ours, or None when it is."""
+    """Why step_dir is not a complete checkpoint of ours, or None when it is.
+
+    The config item is optional (older checkpoints lack it), but when its folder
+    exists it must hold a JSON object: a half-copied one is damage, not absence.
+    """
     if not (step_dir / COMMIT_FILE).is_file():
         return f"no {COMMIT_FILE} (orbax never committed this save)"
     for item in ARRAY_ITEMS:
@@ -105,15 +127,17 @@ def step_problem(step_dir: Path) -> str | None:
                 return f"item {item!r}: {meta} has no tree_metadata"
         except (OSError, ValueError) as err:
             return f"item {item!r}: {meta} is unreadable ({err})"
-    meta = step_dir / TRAIN_META / JSON_ITEM_FILE
-    try:
-        train_meta = _read_json(meta)
-    except FileNotFoundError:
-        return f"item {TRAIN_META!r} is missing ({meta} does not exist)"
-    except (OSError, ValueError) as err:
-        return f"item {TRAIN_META!r}: {meta} is unreadable ({err})"
+    train_meta, problem = _json_item(step_dir, TRAIN_META)
+    if problem is not None:
+        return problem
     if not isinstance(train_meta, dict) or train_meta.get("step") != int(step_dir.name):
-        return f"item {TRAIN_META!r}: {meta} does not record step {step_dir.name}"
+        return f"item {TRAIN_META!r}: {step_dir / TRAIN_META / JSON_ITEM_FILE} does not record step {step_dir.name}"
+    if (step_dir / CONFIG).exists():
+        config, problem = _json_item(step_dir, CONFIG)
+        if problem is not None:
+            return problem
+        if not isinstance(config, dict):
+            return f"item {CONFIG!r}: {step_dir / CONFIG / JSON_ITEM_FILE} is not a JSON object"
     return None
 
 
@@ -185,7 +209,45 @@ def _rng_from_json(saved: dict | None):
     return jax.random.wrap_key_data(data, impl=saved["impl"])
 
 
+# ----------------------------------------------------------------------------- processes
+def any_process(flag: bool) -> bool:
+    """True on every process when flag is True on at least one of them.
+
+    A collective on multi-process runs (every process must call it, the same number
+    of times); free on a single process.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 # ----------------------------------------------------------------------------- Checkpointer
+def _check_json(value: Any, what: str) -> str:
+    """value as JSON text; a CheckpointError naming what when it is not JSON-serialisable."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{what} is not JSON-serialisable ({err})") from None
+
+
+def _error_summary(err: BaseException, limit: int = 400) -> str:
+    """One line for a restore error: orbax's outer message dumps a whole TensorStore
+    spec, while the innermost cause says what is wrong (a short read, a tree mismatch)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 @contextlib.contextmanager
 def _absl_level(level: int):
     absl_logger = logging.getLogger("absl")
@@ -205,7 +267,8 @@ class Checkpointer:
     checkpoints are kept (None keeps all). async_save: ``save`` returns once arrays
     are copied to host memory and writes in the background; ``wait`` blocks until
     it is committed. read_only: never writes, renames or deletes anything (for
-    inference and export).
+    inference and export). run_config: the run's resolved config (JSON-able), saved
+    as the ``config`` item of every step unless ``save`` is given another.
 
     A writable Checkpointer moves incomplete step folders aside (renamed to
     ``<step>.incomplete-<time>``, never deleted) and lets orbax remove its own
@@ -214,13 +277,16 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, save_interval_steps: int = 1, max_to_keep: int | None = None,
-                 async_save: bool = True, read_only: bool = False):
+                 async_save: bool = True, read_only: bool = False, run_config: Mapping[str, Any] | None = None):
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps={save_interval_steps} must be >= 1")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None")
         self.directory = Path(directory).absolute()
         self.read_only = read_only
+        if run_config is not None:
+            _check_json(dict(run_config), f"{self.directory}: run_config")  # fail now, not at the first save
+        self.run_config = run_config
         self._reported: set[Path] = set()  # incomplete folders already warned about
         self._set_aside: dict[Path, str] = {}  # damaged step folders moved aside at start
         if read_only and not self.directory.is_dir():
@@ -258,38 +324,55 @@ class Checkpointer:
                 os.replace(path, aside)
                 self._set_aside[path] = f"{why}; moved to {aside.name}"
                 log.warning("checkpoint folder %s is incomplete (%s); moved it to %s", path, why, aside.name)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        _sync_processes("prorank_checkpoint_set_aside")
 
-            multihost_utils.sync_global_devices("prorank_checkpoint_set_aside")
+    def _set_aside_unrestorable(self, failed: Mapping[int, str]) -> None:
+        """Move step folders that failed to restore aside, so their steps can be saved again.
+
+        Otherwise orbax would skip the re-save of such a step as "already saved" and
+        count the damaged folder towards max_to_keep.
+        """
+        if self.read_only or not failed:
+            return
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in failed:
+                path = self.directory / str(step)
+                aside = path.with_name(f"{path.name}.unrestorable-{stamp}")
+                os.replace(path, aside)
+                log.warning("moved checkpoint folder %s, which could not be restored, to %s", path, aside.name)
+        _sync_processes("prorank_checkpoint_set_aside_unrestorable")
+        self._manager.reload()  # it caches the step list
 
     # -- writing
     def save(self, step: int, *, params, opt_state, rng, data_state: Mapping[str, Any] | None,
-             force: bool = False) -> bool:
+             force: bool = False, config: Mapping[str, Any] | None = None) -> bool:
         """Start saving one step; True when a save was started.
 
         Skipped (False) when step is not a multiple of save_interval_steps (unless
-        force) or is already saved. data_state must be JSON-serialisable; it is
-        checked before anything is written.
+        force) or is already saved. data_state and config (default: run_config; no
+        config item when both are None) must be JSON-serialisable; they are checked
+        before anything is written.
         """
         step = int(step)
         if self.read_only:
             raise CheckpointError(f"{self.directory}: opened read-only, cannot save step {step}")
         train_meta = {"format_version": FORMAT_VERSION, "step": step, "rng": _rng_to_json(rng),
                       "data_state": dict(data_state) if data_state is not None else None}
-        try:
-            json.dumps(train_meta, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"step {step}: data_state is not JSON-serialisable ({err})") from None
-        if step in self._manager.all_steps():
-            log.info("checkpoint of step %d already exists in %s; not saving it again", step, self.directory)
-            return False
-        args = ocp.args.Composite(**{
+        _check_json(train_meta, f"step {step}: data_state")
+        config = self.run_config if config is None else config
+        items = {
             PARAMS: ocp.args.StandardSave(params),
             OPT_STATE: ocp.args.StandardSave(opt_state),
             TRAIN_META: ocp.args.JsonSave(train_meta),
-        })
-        return bool(self._manager.save(step, args=args, force=force))
+        }
+        if config is not None:
+            # A JSON round trip makes tuples lists, so what is read back equals what was saved.
+            items[CONFIG] = ocp.args.JsonSave(json.loads(_check_json(dict(config), f"step {step}: config")))
+        if step in self._manager.all_steps():
+            log.info("checkpoint of step %d already exists in %s; not saving it again", step, self.directory)
+            return False
+        return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=force))
 
     def wait(self) -> None:
         """Block until every started save is committed."""
@@ -357,12 +440,15 @@ class Checkpointer:
         shapes and dtypes; *_shardings: matching pytrees of jax.sharding.Sharding.
         Arrays are read straight into those shardings, whatever mesh they were saved
         from. abstract_opt_state=None skips the optimizer state (inference).
-        Returns {"step", "params", "opt_state", "rng", "data_state"}.
+        Returns {"step", "params", "opt_state", "rng", "data_state", "config"}; config
+        is None for checkpoints saved without one.
         """
         step = self._resolve_step(step)
         step_dir = self.directory / str(step)
         items = {PARAMS: ocp.args.StandardRestore(_abstract_with_shardings(abstract_params, param_shardings, PARAMS)),
                  TRAIN_META: ocp.args.JsonRestore()}
+        if (step_dir / CONFIG).is_dir():
+            items[CONFIG] = ocp.args.JsonRestore()
         if abstract_opt_state is not None:
             items[OPT_STATE] = ocp.args.StandardRestore(
                 _abstract_with_shardings(abstract_opt_state, opt_state_shardings, OPT_STATE))
@@ -377,7 +463,54 @@ class Checkpointer:
             "opt_state": restored[OPT_STATE] if abstract_opt_state is not None else None,
             "rng": _rng_from_json(meta.get("rng")),
             "data_state": meta.get("data_state"),
+            "config": restored[CONFIG] if CONFIG in items else None,
         }
+
+    def restore_config(self, step: int | None = None) -> dict | None:
+        """The resolved config saved with a step (default: the latest complete one);
+        None for checkpoints saved without one."""
+        step = self._resolve_step(step)
+        if not (self.directory / str(step) / CONFIG).is_dir():
+            return None
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+        except Exception as err:  # orbax raises many types; name the folder whatever it was
+            raise CheckpointError(f"{self.directory / str(step) / CONFIG}: could not be restored: "
+                                  f"{type(err).__name__}: {err}") from err
+        return restored[CONFIG]
+
+    def restore_latest(self, **restore_kwargs) -> dict[str, Any] | None:
+        """restore() of the newest complete step that restores; None when there is none to resume from.
+
+        A step whose metadata is intact can still fail to read (a truncated array
+        file); it is named in a warning with the error and the previous complete step
+        is tried, and so on. Once one restores, a writable Checkpointer moves the
+        failed newer folders aside. Every process must call this: a step counts as
+        restored only when it restored on all of them, so they resume from the same
+        step. When no step restores, a CheckpointError lists each step and its error.
+        """
+        if self.latest_step() is None:
+            return None
+        steps = self.all_steps()[::-1]
+        failed: dict[int, str] = {}
+        for i, step in enumerate(steps):
+            try:
+                restored, why = self.restore(step, **restore_kwargs), None
+            except CheckpointError as err:
+                restored, why = None, _error_summary(err)
+            if any_process(why is not None):
+                failed[step] = why or "another process could not restore it"
+                then = f"trying step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier complete step"
+                log.warning("checkpoint folder %s could not be restored (%s); %s",
+                            self.directory / str(step), failed[step], then)
+                continue
+            self._set_aside_unrestorable(failed)
+            return restored
+        listing = "\n  ".join(f"{self.directory / str(step)}: {why}" for step, why in failed.items())
+        raise CheckpointError(f"{self.directory}: no complete checkpoint could be restored; tried, newest first:\n"
+                              f"  {listing}\n"
+                              "the same error for every step usually means the model or optimizer differs "
+                              "from the one that saved them")
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -481,12 +614,19 @@ def _on_signal(signum, frame) -> None:
 
 
 def preemption_requested() -> bool:
-    """True once a SIGTERM arrived under preemption_guard / install_preemption_handler.
-
-    Per process: on multi-host runs every host must see the signal (as on Cloud TPU
-    maintenance events) or the hosts will disagree about saving.
-    """
+    """True once a SIGTERM arrived at this process under preemption_guard /
+    install_preemption_handler. Per process; a loop should poll stop_requested()."""
     return _Preemption.requested
+
+
+def stop_requested() -> bool:
+    """Whether to save and stop at this step, agreed by every process.
+
+    The signal may reach only some hosts, or reach them during different steps; each
+    deciding alone would save different steps or leave the others waiting in a
+    collective save. Every process must call this once per step.
+    """
+    return any_process(preemption_requested())
 
 
 def install_preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)):

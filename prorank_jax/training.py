@@ -276,8 +276,10 @@ def run_loop(
 
     Device metrics are fetched to the host only at log steps, so the loop does not
     wait on every update. Checkpoints hold the loop step, params, optimizer state,
-    the run's base RNG key and {"iterator": data_state(), "skipped_updates": n}. A
-    SIGTERM (preemption) makes the loop save the current step and return early.
+    the run's base RNG key, {"iterator": data_state(), "skipped_updates": n} and the
+    checkpointer's run_config. A SIGTERM (preemption) makes the loop save the current
+    step and return early; on multi-process runs all processes stop at the same step
+    when any of them got the signal.
     """
     from prorank_jax import checkpoint as ckpt
 
@@ -316,7 +318,7 @@ def run_loop(
                 if evaluate is not None and loop.eval_every and done % loop.eval_every == 0:
                     logger.log(done, {f"eval/{k}": v for k, v in evaluate(state).items()})
                 logger.advance()
-                if ckpt.preemption_requested():
+                if ckpt.stop_requested():
                     save(done)
                     print(f"[prorank] preemption signal: saved step {done}, stopping", flush=True)
                     completed = done == loop.steps

@@ -390,8 +390,15 @@ def model_card(facts: CardFacts) -> str:
               "### mxbai-rerank", "", "```python",
               "from mxbai_rerank import MxbaiRerankV2", "",
               f'model = MxbaiRerankV2("{mid}")',
+              'if not hasattr(model.tokenizer, "prepare_for_model"):  # transformers >= 5',
+              "    from transformers.tokenization_python import PythonBackend", "",
+              '    for name in ("prepare_for_model", "truncate_sequences"):',
+              "        setattr(type(model.tokenizer), name, getattr(PythonBackend, name))",
               f'results = model.rank("{q}", {d!r}, return_documents=True, top_k=2)',
               "print(results)", "```", "",
+              "mxbai-rerank 0.1.6 joins the query and document ids with "
+              "`tokenizer.prepare_for_model`, which transformers 5 removed from fast tokenizers; the `if` "
+              "block lends the tokenizer transformers' own implementation (a no-op on transformers 4).", "",
               "### sentence-transformers", "", "```python",
               "from sentence_transformers import CrossEncoder", "",
               f'model = CrossEncoder("{mid}")',

@@ -189,6 +189,83 @@ def test_sentence_transformers_cross_encoder(exported, reference):
     assert [r["corpus_id"] for r in printed[1]] == [r.index for r in reference.rank(QUERY, docs)]
 
 
+
+def lend_prepare_for_model(monkeypatch, tokenizer_class) -> None:
+    """mxbai-rerank 0.1.6's prepare_inputs joins the query ids and the separator + document ids with
+    tokenizer.prepare_for_model(..., truncation="only_second"), which calls truncate_sequences.
+    transformers 5 removed both from the tokenizers-backed ("fast") tokenizers AutoTokenizer gives;
+    the pure-Python backend still has HF's own implementation, which works on ids alone, so the
+    class borrows it (as the card's snippet does and as tests/prorank_jax/test_prompts.py's oracle
+    does). Through monkeypatch, so the shared tokenizer class is restored after the test."""
+    from transformers.tokenization_python import PythonBackend
+
+    if hasattr(tokenizer_class, "prepare_for_model"):  # transformers 4: nothing to lend
+        return
+    for name in ("prepare_for_model", "truncate_sequences"):
+        monkeypatch.setattr(tokenizer_class, name, getattr(PythonBackend, name), raising=False)
+
+
+def test_mxbai_rerank_scores_equal_checkpoint(exported, reference, monkeypatch):
+    """The real mxbai_rerank.MxbaiRerankV2 on the exported folder builds our prompt ids, and its raw
+    scores (predict without normalize: forward's logit("1") - logit("0") at the last position) and its
+    rank order equal the checkpoint's."""
+    from mxbai_rerank import MxbaiRerankV2
+
+    mx = MxbaiRerankV2(str(exported), device="cpu", torch_dtype=torch.float32)
+    lend_prepare_for_model(monkeypatch, type(mx.tokenizer))
+    assert mx.model.dtype == torch.float32
+    assert (mx.yes_loc, mx.no_loc) == (reference.prompt.yes_id, reference.prompt.no_id)
+
+    queries = [QUERY] * len(DOCUMENTS)
+    for instruction in (None, "find the answer"):
+        # the ids it feeds the model (left-padded to a multiple of 8) are ours, id for id ...
+        inputs = mx.prepare_inputs(queries, DOCUMENTS, instruction=instruction)
+        mask = inputs["attention_mask"].numpy().astype(bool)
+        got_ids = [row[m].tolist() for row, m in zip(inputs["input_ids"].numpy(), mask)]
+        want = reference.prompt.encode_batch(queries, DOCUMENTS, instruction=instruction)
+        assert got_ids == [list(e.input_ids) for e in want]
+        assert all(m[-1] for m in mask)  # left padding: the last position is the prompt's own
+        # ... and so are the raw scores (mxbai passes no position_ids; RoPE depends only on
+        # relative positions, so left padding shifts nothing but float noise)
+        theirs = mx.predict(queries, DOCUMENTS, instruction=instruction).numpy()
+        ours = reference.predict(queries, DOCUMENTS, instruction=instruction)
+        assert np.ptp(ours) > 0.5  # the scores spread, so the comparison means something
+        np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+
+    # rank: batch_size below the number of documents takes mxbai's batched (bucketed) path
+    for batch_size in (32, 4):
+        ranked = mx.rank(QUERY, DOCUMENTS, batch_size=batch_size)
+        ours = reference.rank(QUERY, DOCUMENTS)
+        assert [r.index for r in ranked] == [r.index for r in ours]
+        np.testing.assert_allclose([r.score for r in ranked], [r.score for r in ours], atol=1e-4, rtol=0)
+        assert [r.document for r in ranked] == [DOCUMENTS[r.index] for r in ours]
+
+
+def test_mxbai_rerank_card_snippet(exported, reference, monkeypatch):
+    """The card's mxbai-rerank snippet runs as written (its transformers-5 shim included) and
+    prints the checkpoint's top 2."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer_class = type(AutoTokenizer.from_pretrained(exported))
+    names = ("prepare_for_model", "truncate_sequences")
+    lacking = [n for n in names if not hasattr(tokenizer_class, n)]
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # the shim is needed here (and no earlier test left the class patched)
+        assert lacking == list(names)
+    for name in lacking:
+        # recorded as absent and then deleted: whatever the snippet sets on the shared class is
+        # removed again after the test
+        monkeypatch.setattr(tokenizer_class, name, None, raising=False)
+        monkeypatch.delattr(tokenizer_class, name)
+    (printed,) = run_snippet((exported / "README.md").read_text(), "### mxbai-rerank", exported)
+    assert all(hasattr(tokenizer_class, n) for n in names)
+    docs = ["Paris is the capital of France.", "Berlin is in Germany."]
+    ours = reference.rank(QUERY, docs, top_k=2)
+    (results,) = printed
+    assert [(r.index, r.document) for r in results] == [(r.index, docs[r.index]) for r in ours]
+    np.testing.assert_allclose([r.score for r in results], [r.score for r in ours], atol=1e-4, rtol=0)
+
 def test_chat_template_renders_mxbai_prompt(exported):
     tokenizer = load_tokenizer(exported)
     for instruction in (None, "", "be strict"):
@@ -324,3 +401,88 @@ def test_hf_folder_inside_a_run_gets_the_runs_card(run_dir, tmp_path, reference)
         import shutil
 
         shutil.rmtree(hf_dir)
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi: records each call (and, at upload time, the files of the
+    folder uploaded, with their bytes) and touches no network."""
+
+    calls: list = []
+
+    def __init__(self, token=None, **kwargs):
+        self.calls.append(("HfApi", {"token": token, **kwargs}))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        from pathlib import Path
+
+        folder = Path(kwargs["folder_path"])
+        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        self.calls.append(("upload_folder", {**kwargs, "files": files}))
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(RecordingHfApi, "calls", [])
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    return RecordingHfApi.calls
+
+
+def test_push_to_hub_uploads_the_exported_folder(run_dir, tmp_path, hub, monkeypatch, capsys):
+    out = tmp_path / "pushed"
+    assert cli.main(["export-hf", "--checkpoint", str(run_dir), "--out", str(out), "--push-to-hub",
+                     "someone/prorank-tiny"]) == 0
+    assert [name for name, _ in hub] == ["HfApi", "create_repo", "upload_folder"]
+    assert hub[0][1] == {"token": "hf_test_token"}
+    assert hub[1][1] == {"repo_id": "someone/prorank-tiny", "repo_type": "model", "exist_ok": True}
+    upload = dict(hub[2][1])
+    files = upload.pop("files")
+    assert upload == {"repo_id": "someone/prorank-tiny", "folder_path": str(out), "repo_type": "model",
+                      "commit_message": "Upload ProRank reranker exported by prorank-jax"}
+    # exactly the exported folder, as it is on disk (checked, in place, nothing extra)
+    assert files == {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "modules.json", "README.md",
+            "1_LogitScore/config.json"} <= set(files)
+    # the card's snippets load the repo it was pushed to
+    card = files["README.md"].decode()
+    assert 'MxbaiRerankV2("someone/prorank-tiny")' in card and 'CrossEncoder("someone/prorank-tiny")' in card
+    assert "[prorank] pushed" in capsys.readouterr().out
+
+    # push_folder alone: the older token variable is read too
+    hub.clear()
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_other")
+    assert ex.push_folder(out, "someone/other") == "https://huggingface.co/someone/other"
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN")
+    with pytest.raises(ex.ExportError, match="HF_TOKEN is not set"):
+        ex.push_folder(out, "someone/other")
+    assert hub[0][1] == {"token": "hf_other"} and hub[2][1]["folder_path"] == str(out)
+    assert len(hub) == 3  # the tokenless call made none
+
+
+def test_push_to_hub_does_not_push_a_failed_export(run_dir, tmp_path, hub, monkeypatch, capsys):
+    real_save = hf.save
+
+    def corrupting_save(params, config, out_dir, **kwargs):
+        params = jax.tree_util.tree_map(np.asarray, params)
+        params["model"]["norm"]["weight"] = params["model"]["norm"]["weight"] * 1.01
+        return real_save(params, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(hf, "save", corrupting_save)
+    out = tmp_path / "bad"
+    assert cli.main(["export-hf", "--checkpoint", str(run_dir), "--out", str(out), "--push-to-hub", "me/bad"]) == 2
+    assert "differ from the checkpoint" in capsys.readouterr().err
+    assert hub == [] and not out.exists()
+
+    # a malformed repo id is refused before anything is written or pushed
+    monkeypatch.setattr(hf, "save", real_save)
+    assert cli.main(["export-hf", "--checkpoint", str(run_dir), "--out", str(out), "--push-to-hub", "no-slash"]) == 2
+    assert "expected a repo id like 'user/model-name'" in capsys.readouterr().err
+    assert hub == [] and not out.exists()

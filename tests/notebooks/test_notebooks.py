@@ -129,7 +129,8 @@ def test_end_to_end(tmp_path, monkeypatch):
 
     score_rows = read_metrics(run_dir / "score")
     assert any("loss" in r for r in score_rows) and any("eval/ndcg@10" in r for r in score_rows)
-    assert any("kl" in r for r in read_metrics(run_dir / "grpo"))
+    grpo_rows = read_metrics(run_dir / "grpo")
+    assert any("kl" in r for r in grpo_rows) and any("reward" in r for r in grpo_rows)
 
     # The nDCG@10 table: BM25 and both rerankers.
     lines = out.splitlines()

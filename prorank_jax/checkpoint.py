@@ -28,11 +28,9 @@ with ``jax.random.wrap_key_data``. Keeping it out of the array items means it ne
 carries a device placement, so a key saved on 8 devices restores anywhere. Legacy
 raw ``uint32`` keys (``jax.random.PRNGKey``) round-trip as raw arrays.
 
-Preemption: ``preemption_guard()`` installs a SIGTERM handler that only sets a flag;
-the training loop polls ``stop_requested()`` once per step, saves the current step
-with ``force=True``, waits for it and stops. On multi-process runs ``stop_requested``
-combines every process's flag, so all of them stop and save at the same step even
-when the signal reached only some of them.
+Preemption (SIGTERM caught as a flag, agreed across processes) is in
+``prorank_jax.preemption``; the training loop polls it once per step and saves the
+current step with ``force=True`` before it stops.
 """
 
 from __future__ import annotations
@@ -42,12 +40,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -57,6 +53,7 @@ from orbax.checkpoint import checkpoint_managers
 from prorank_jax import hf
 from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
+from prorank_jax.preemption import any_process, sync_processes
 
 log = logging.getLogger(__name__)
 
@@ -209,27 +206,6 @@ def _rng_from_json(saved: dict | None):
     return jax.random.wrap_key_data(data, impl=saved["impl"])
 
 
-# ----------------------------------------------------------------------------- processes
-def any_process(flag: bool) -> bool:
-    """True on every process when flag is True on at least one of them.
-
-    A collective on multi-process runs (every process must call it, the same number
-    of times); free on a single process.
-    """
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
-
-
-def _sync_processes(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 # ----------------------------------------------------------------------------- Checkpointer
 def _check_json(value: Any, what: str) -> str:
     """value as JSON text; a CheckpointError naming what when it is not JSON-serialisable."""
@@ -324,7 +300,7 @@ class Checkpointer:
                 os.replace(path, aside)
                 self._set_aside[path] = f"{why}; moved to {aside.name}"
                 log.warning("checkpoint folder %s is incomplete (%s); moved it to %s", path, why, aside.name)
-        _sync_processes("prorank_checkpoint_set_aside")
+        sync_processes("prorank_checkpoint_set_aside")
 
     def _set_aside_unrestorable(self, failed: Mapping[int, str]) -> None:
         """Move step folders that failed to restore aside, so their steps can be saved again.
@@ -341,7 +317,7 @@ class Checkpointer:
                 aside = path.with_name(f"{path.name}.unrestorable-{stamp}")
                 os.replace(path, aside)
                 log.warning("moved checkpoint folder %s, which could not be restored, to %s", path, aside.name)
-        _sync_processes("prorank_checkpoint_set_aside_unrestorable")
+        sync_processes("prorank_checkpoint_set_aside_unrestorable")
         self._manager.reload()  # it caches the step list
 
     # -- writing
@@ -599,64 +575,3 @@ def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
         checkpointer.close()
     tokenizer = run_dir / TOKENIZER_DIR
     return config, restored["params"], tokenizer if tokenizer.is_dir() else None
-
-
-# ----------------------------------------------------------------------------- preemption
-class _Preemption:
-    # A plain attribute, not a threading.Event: Event.set takes a lock, and a handler
-    # that interrupts the main thread while it holds that lock would deadlock.
-    requested = False
-
-
-def _on_signal(signum, frame) -> None:
-    # Only a flag: orbax, jax and logging are not safe to call from a signal handler.
-    _Preemption.requested = True
-
-
-def preemption_requested() -> bool:
-    """True once a SIGTERM arrived at this process under preemption_guard /
-    install_preemption_handler. Per process; a loop should poll stop_requested()."""
-    return _Preemption.requested
-
-
-def stop_requested() -> bool:
-    """Whether to save and stop at this step, agreed by every process.
-
-    The signal may reach only some hosts, or reach them during different steps; each
-    deciding alone would save different steps or leave the others waiting in a
-    collective save. Every process must call this once per step.
-    """
-    return any_process(preemption_requested())
-
-
-def install_preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)):
-    """Catch SIGTERM as a flag; returns a function that restores the previous handlers.
-
-    Must be called from the main thread (Python delivers signals only there).
-    """
-    _Preemption.requested = False
-    previous = {sig: signal.signal(sig, _on_signal) for sig in signals}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
-
-
-@contextlib.contextmanager
-def preemption_guard(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
-    """Within the block SIGTERM sets preemption_requested() instead of killing the process.
-
-    Outside the main thread signals cannot be caught; the block then runs unguarded
-    (with a warning) rather than failing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        log.warning("preemption_guard outside the main thread: SIGTERM will not be caught")
-        yield
-        return
-    restore = install_preemption_handler(signals)
-    try:
-        yield
-    finally:
-        restore()

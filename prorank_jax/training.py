@@ -281,7 +281,7 @@ def run_loop(
     step and return early; on multi-process runs all processes stop at the same step
     when any of them got the signal.
     """
-    from prorank_jax import checkpoint as ckpt
+    from prorank_jax import preemption
 
     logger = MetricsLogger(out_dir, loop.steps, start_step, headline, loop.progress_bar, desc)
     pending: list[Mapping[str, Any]] = []
@@ -297,7 +297,7 @@ def run_loop(
 
     completed = True
     try:
-        with ckpt.preemption_guard():
+        with preemption.preemption_guard():
             if evaluate is not None and loop.eval_every and start_step == 0:
                 logger.log(0, {f"eval/{k}": v for k, v in evaluate(state).items()})
             for step in range(start_step, loop.steps):
@@ -318,7 +318,7 @@ def run_loop(
                 if evaluate is not None and loop.eval_every and done % loop.eval_every == 0:
                     logger.log(done, {f"eval/{k}": v for k, v in evaluate(state).items()})
                 logger.advance()
-                if ckpt.stop_requested():
+                if preemption.stop_requested():
                     save(done)
                     print(f"[prorank] preemption signal: saved step {done}, stopping", flush=True)
                     completed = done == loop.steps

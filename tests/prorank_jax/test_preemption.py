@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from prorank_jax import checkpoint as ckpt
+from prorank_jax import preemption
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,11 +32,10 @@ _PROCESS_SCRIPT = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                                process_id=process_id, initialization_timeout=60)
-    from prorank_jax import checkpoint as ckpt
-    from prorank_jax import training
+    from prorank_jax import preemption, training
 
     assert jax.process_count() == 2, jax.process_count()
-    agreed = {"mine_only": ckpt.any_process(process_id == 0), "nobody": ckpt.any_process(False)}
+    agreed = {"mine_only": preemption.any_process(process_id == 0), "nobody": preemption.any_process(False)}
     print("COLLECTIVES OK", flush=True)
 
     calls = []
@@ -54,7 +55,7 @@ _PROCESS_SCRIPT = textwrap.dedent("""
     result = training.run_loop(state=state, start_step=0, train_step=train_step, produce=produce, loop=loop,
                                out_dir=out_dir, base_rng=jax.random.key(0))
     print("RESULT " + json.dumps({"agreed": agreed, "last_step": result.last_step, "completed": result.completed,
-                                  "signalled_here": ckpt.preemption_requested()}), flush=True)
+                                  "signalled_here": preemption.preemption_requested()}), flush=True)
     jax.distributed.shutdown()
 """)
 
@@ -109,9 +110,9 @@ def test_single_process_agreement_is_local_and_gathers_nothing(monkeypatch):
         raise AssertionError("a single process must not run a collective")
 
     monkeypatch.setattr(multihost_utils, "process_allgather", no_gather)
-    assert ckpt.any_process(True) is True and ckpt.any_process(False) is False
-    with ckpt.preemption_guard():
-        assert ckpt.stop_requested() is False
+    assert preemption.any_process(True) is True and preemption.any_process(False) is False
+    with preemption.preemption_guard():
+        assert preemption.stop_requested() is False
 
 
 def test_agreement_combines_every_process_flag(monkeypatch):
@@ -124,7 +125,30 @@ def test_agreement_combines_every_process_flag(monkeypatch):
     monkeypatch.setattr(jax, "process_count", lambda: 4)
     monkeypatch.setattr(multihost_utils, "process_allgather",
                         lambda x: np.array([int(x), *others["flags"]], np.int32))
-    assert ckpt.any_process(False) is False
-    assert ckpt.any_process(True) is True
+    assert preemption.any_process(False) is False
+    assert preemption.any_process(True) is True
     others["flags"] = [0, 1, 0]
-    assert ckpt.any_process(False) is True
+    assert preemption.any_process(False) is True
+
+
+def test_preemption_guard_only_sets_a_flag_and_restores_the_previous_handler():
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: calls.append(a))
+    try:
+        with preemption.preemption_guard():
+            assert not preemption.preemption_requested()
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.time() + 5
+            while not preemption.preemption_requested() and time.time() < deadline:
+                time.sleep(0.01)
+            assert preemption.preemption_requested()
+        assert not calls  # the guard's handler ran, not the outer one
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 5
+        while not calls and time.time() < deadline:
+            time.sleep(0.01)
+        assert calls  # the outer handler is back
+        with preemption.preemption_guard():
+            assert not preemption.preemption_requested()  # a new guard starts with a clear flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,102 @@
+"""Preemption: SIGTERM caught as a flag, and a stop decision every process agrees on.
+
+Cloud TPU VMs (and most schedulers) announce preemption with SIGTERM and kill the
+process some seconds later. ``preemption_guard()`` turns the signal into a flag; the
+training loop polls ``stop_requested()`` once per step, saves the current step and
+stops. On multi-process runs ``stop_requested`` combines every process's flag, so all
+of them stop and save at the same step even when the signal reached only some of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Iterator
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when flag is True on at least one of them.
+
+    A collective on multi-process runs (every process must call it, the same number
+    of times); free on a single process.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process got here (name tells barriers apart); free on one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class _Preemption:
+    # A plain attribute, not a threading.Event: Event.set takes a lock, and a handler
+    # that interrupts the main thread while it holds that lock would deadlock.
+    requested = False
+
+
+def _on_signal(signum, frame) -> None:
+    # Only a flag: orbax, jax and logging are not safe to call from a signal handler.
+    _Preemption.requested = True
+
+
+def preemption_requested() -> bool:
+    """True once a SIGTERM arrived at this process under preemption_guard /
+    install_preemption_handler. Per process; a loop should poll stop_requested()."""
+    return _Preemption.requested
+
+
+def stop_requested() -> bool:
+    """Whether to save and stop at this step, agreed by every process.
+
+    The signal may reach only some hosts, or reach them during different steps; each
+    deciding alone would save different steps or leave the others waiting in a
+    collective save. Every process must call this once per step.
+    """
+    return any_process(preemption_requested())
+
+
+def install_preemption_handler(signals: tuple[int, ...] = (signal.SIGTERM,)):
+    """Catch SIGTERM as a flag; returns a function that restores the previous handlers.
+
+    Must be called from the main thread (Python delivers signals only there).
+    """
+    _Preemption.requested = False
+    previous = {sig: signal.signal(sig, _on_signal) for sig in signals}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+@contextlib.contextmanager
+def preemption_guard(signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Within the block SIGTERM sets preemption_requested() instead of killing the process.
+
+    Outside the main thread signals cannot be caught; the block then runs unguarded
+    (with a warning) rather than failing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("preemption_guard outside the main thread: SIGTERM will not be caught")
+        yield
+        return
+    restore = install_preemption_handler(signals)
+    try:
+        yield
+    finally:
+        restore()

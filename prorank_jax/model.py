@@ -415,6 +415,21 @@ def full_logits(params: Params, config: ModelConfig, input_ids, attention_mask) 
 LOGPROB_CHUNK_TOKENS = 1024
 
 
+def logprob_chunking(batch: int, length: int, chunk_tokens: int) -> tuple[int, int]:
+    """(row_strides, positions) of token_logprobs' chunks for a [batch, length] input.
+
+    Positions are chunked first: a chunk holds every row and `positions` consecutive
+    positions. Only when the batch alone exceeds chunk_tokens (many short completions)
+    are rows split too, into `row_strides` strided groups (rows j, j + k, j + 2k, ...):
+    each device's contiguous block of a batch-sharded array then contributes equally to
+    every chunk, so chunking needs no communication. k divides batch.
+    """
+    positions = max(1, min(length, chunk_tokens // batch))
+    max_rows = max(1, chunk_tokens // positions)
+    row_strides = next(k for k in range(1, batch + 1) if batch % k == 0 and batch // k <= max_rows)
+    return row_strides, positions
+
+
 def token_logprobs(
     params: Params,
     config: ModelConfig,
@@ -426,17 +441,26 @@ def token_logprobs(
 ):
     """log softmax(h_t W / temperature)[targets_t] for every position, float32 [B, T].
 
-    The B x T tokens are flattened and projected onto the vocabulary chunk_tokens at a
-    time, so peak memory is [chunk_tokens, V] rather than [B, T, V], in the forward pass
-    and under jax.grad alike. with_entropy also returns the entropy of each position's
-    distribution at that temperature ([B, T], for logging).
+    Logits are projected onto the vocabulary about chunk_tokens tokens at a time
+    (logprob_chunking), so peak memory is [chunk, V] rather than [B, T, V], in the
+    forward pass and under jax.grad alike. with_entropy also returns the entropy of each
+    position's distribution at that temperature ([B, T], for logging).
     """
     batch, length, dim = hidden.shape
-    n_tokens = batch * length
-    chunk = max(1, min(chunk_tokens, n_tokens))
-    pad = (-n_tokens) % chunk
-    flat_hidden = jnp.pad(hidden.reshape(n_tokens, dim), ((0, pad), (0, 0)))
-    flat_targets = jnp.pad(targets.reshape(n_tokens), (0, pad))
+    k, positions = logprob_chunking(batch, length, chunk_tokens)
+    pad = (-length) % positions
+    n_pos = (length + pad) // positions
+
+    def to_chunks(x):  # [B, T, ...] -> [k * n_pos, B // k, positions, ...]
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        x = x.reshape(batch // k, k, n_pos, positions, *x.shape[2:])
+        x = jnp.moveaxis(x, 0, 2)  # [k, n_pos, B // k, positions, ...]
+        return x.reshape(k * n_pos, batch // k, positions, *x.shape[4:])
+
+    def from_chunks(x):  # the inverse, trimmed to [B, T]
+        x = jnp.moveaxis(x.reshape(k, n_pos, batch // k, positions), 2, 0)
+        return x.reshape(batch, n_pos * positions)[:, :length]
+
     kernel = lm_head_kernel(params, config)
 
     # Without the checkpoint, reverse mode keeps every chunk's logits (and softmax) as
@@ -445,17 +469,15 @@ def token_logprobs(
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def one_chunk(kernel, h, t):
         logits = _project(h, kernel, config) / temperature
-        picked = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         log_norm = jax.nn.logsumexp(logits, axis=-1)
         if not with_entropy:
             return picked - log_norm
-        probs = jnp.exp(logits - log_norm[:, None])
+        probs = jnp.exp(logits - log_norm[..., None])
         return picked - log_norm, log_norm - jnp.sum(probs * logits, axis=-1)
 
-    out = jax.lax.map(lambda args: one_chunk(kernel, *args),
-                      (flat_hidden.reshape(-1, chunk, dim), flat_targets.reshape(-1, chunk)))
-    unchunk = lambda x: x.reshape(-1)[:n_tokens].reshape(batch, length)  # noqa: E731
-    return jax.tree_util.tree_map(unchunk, out)
+    out = jax.lax.map(lambda args: one_chunk(kernel, *args), (to_chunks(hidden), to_chunks(targets)))
+    return jax.tree_util.tree_map(from_chunks, out)
 
 
 def sequence_logprobs(

@@ -59,8 +59,10 @@ def torch_head_reference(torch_model, hidden, targets, temperature, weights):
     return as_np(picked), as_np(entropy), as_np(torch_model.lm_head.weight.grad), as_np(h.grad)
 
 
-# 3 x 7 = 21 tokens: chunks of 4 straddle rows and the last one is padded; 1024 is one chunk.
-@pytest.mark.parametrize("chunk_tokens", [4, model.LOGPROB_CHUNK_TOKENS])
+# 3 rows x 7 positions. 4 tokens: chunks of all 3 rows x 1 position; 2 tokens: the batch
+# alone is too big, so rows are split too (3 strided groups of 1 row); 5 tokens: all rows x
+# 1 position; 1024: one chunk.
+@pytest.mark.parametrize("chunk_tokens", [2, 4, model.LOGPROB_CHUNK_TOKENS])
 @pytest.mark.parametrize("name", ["qwen2-gqa2-untied", "qwen3-gqa2-headdim"])
 def test_token_logprobs_values_and_gradients_match_torch_full_logits(tmp_path, name, chunk_tokens):
     torch_model = make_hf_model(tmp_path, **PARITY_CONFIGS[name])
@@ -130,6 +132,61 @@ def test_token_logprobs_backward_saves_no_full_logits(with_entropy):
     assert max(sizes) < full_size, sizes
     # The output projection itself (hidden x vocab) is the largest thing kept.
     assert max(sizes) == cfg.hidden_size * cfg.vocab_size
+
+
+@pytest.mark.parametrize("batch, length, chunk_tokens", [
+    (3, 7, 4), (3, 7, 2), (8, 100, 64), (512, 4, 1024), (512, 16, 1024), (48, 3, 16), (7, 5, 3), (1, 1, 1024)])
+def test_logprob_chunking_bounds_the_chunk_and_divides_the_batch(batch, length, chunk_tokens):
+    row_strides, positions = model.logprob_chunking(batch, length, chunk_tokens)
+    assert batch % row_strides == 0 and 1 <= positions <= length
+    rows = batch // row_strides
+    assert rows * positions <= max(chunk_tokens, 1)  # the transient is at most chunk_tokens x V
+    if batch <= chunk_tokens:  # rows are only split when the batch alone is too big
+        assert row_strides == 1
+
+
+_SHARDED_LOGPROBS_SCRIPT = """
+import json, re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from prorank_jax import model
+
+cfg = model.ModelConfig(vocab_size=256, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=True)
+params = model.init_params(cfg, jax.random.key(0))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+result = {}
+for batch, length, chunk in [(64, 4, 64), (64, 32, 512), (48, 3, 16)]:
+    hidden = jax.device_put(jax.random.normal(jax.random.key(1), (batch, length, 16)), NamedSharding(mesh, P("data")))
+    targets = jax.device_put(jnp.zeros((batch, length), jnp.int32), NamedSharding(mesh, P("data")))
+    loss = lambda p, h: model.token_logprobs(p, cfg, h, targets, 1.0, chunk).sum()
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, hidden).compile().as_text()
+    result[f"{batch}x{length}/{chunk}"] = {op: len(re.findall(op, hlo)) for op in ("all-gather", "all-to-all", "all-reduce")}
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_token_logprobs_chunks_keep_a_batch_sharded_input_local():
+    """With the batch sharded over 8 devices, chunking (several chunks, rows split or not)
+    moves no hidden states between devices: the compiled gradient has no all-gather or
+    all-to-all, only the all-reduce of the output projection's gradient. (Chunks of
+    contiguous flattened tokens would gather the whole batch onto every device.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_LOGPROBS_SCRIPT], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))[len("RESULT"):])
+    for case, ops in result.items():
+        assert ops["all-gather"] == 0 and ops["all-to-all"] == 0, (case, ops)
+        assert ops["all-reduce"] > 0, (case, ops)  # the kernel gradient is summed: work was split
 
 
 # Max per-token KL (nats, over real tokens) of our bf16 forward from transformers' float32 one:

@@ -18,8 +18,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/prorank demo
 
+# Two workers, one test file each at a time (module fixtures are built once): on 2 cores
+# the suite takes about 11.5 min instead of 14.5 (JAX compiles and the Python between
+# steps leave a core idle in one process).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

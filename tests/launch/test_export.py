@@ -312,7 +312,10 @@ def test_step_and_bfloat16(run_dir, tmp_path):
     assert ex.parse_front_matter((out / "README.md").read_text())["base_model"] == BASE_MODEL
 
 
-def test_corrupted_weights_fail_and_leave_nothing(run_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def corrupt_saves(monkeypatch):
+    """hf.save writes weights that differ from the checkpoint's (the final norm x 1.01), so the
+    export's self-check must fail; returns the real hf.save to put back."""
     real_save = hf.save
 
     def corrupting_save(params, config, out_dir, **kwargs):
@@ -321,6 +324,11 @@ def test_corrupted_weights_fail_and_leave_nothing(run_dir, tmp_path, monkeypatch
         return real_save(params, config, out_dir, **kwargs)
 
     monkeypatch.setattr(hf, "save", corrupting_save)
+    return real_save
+
+
+def test_corrupted_weights_fail_and_leave_nothing(run_dir, tmp_path, monkeypatch, corrupt_saves):
+    real_save, corrupting_save = corrupt_saves, hf.save
     out = tmp_path / "corrupt"
     with pytest.raises(ex.ExportCheckError, match="differ from the checkpoint"):
         ex.export_hf(run_dir, out)
@@ -467,15 +475,8 @@ def test_push_to_hub_uploads_the_exported_folder(run_dir, tmp_path, hub, monkeyp
     assert len(hub) == 3  # the tokenless call made none
 
 
-def test_push_to_hub_does_not_push_a_failed_export(run_dir, tmp_path, hub, monkeypatch, capsys):
-    real_save = hf.save
-
-    def corrupting_save(params, config, out_dir, **kwargs):
-        params = jax.tree_util.tree_map(np.asarray, params)
-        params["model"]["norm"]["weight"] = params["model"]["norm"]["weight"] * 1.01
-        return real_save(params, config, out_dir, **kwargs)
-
-    monkeypatch.setattr(hf, "save", corrupting_save)
+def test_push_to_hub_does_not_push_a_failed_export(run_dir, tmp_path, hub, monkeypatch, capsys, corrupt_saves):
+    real_save = corrupt_saves
     out = tmp_path / "bad"
     assert cli.main(["export-hf", "--checkpoint", str(run_dir), "--out", str(out), "--push-to-hub", "me/bad"]) == 2
     assert "differ from the checkpoint" in capsys.readouterr().err

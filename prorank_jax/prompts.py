@@ -1,7 +1,20 @@
-"""The reranking prompt, token for token as mxbai-rerank 0.1.6 (`MxbaiRerankV2`) builds it.
+"""The reranking prompts of the two supported prompt families, token for token as their
+reference code builds them.
 
 Shared by stage 1 (GRPO rollouts), stage 2 (score learning) and inference, so that a
-model trained here scores exactly the ids mxbai-rerank would feed it.
+model trained here scores exactly the ids its family's reference code would feed it.
+
+Families (`PROMPT_FAMILIES`, looked up with `prompt_family(name)`):
+
+  name             prompt class       answers (no, yes)   normalize=True
+  mxbai-v2         RerankPrompt       "0", "1"            sigmoid(score - estimated_max / 2)
+  qwen3-reranker   Qwen3RerankPrompt  "no", "yes"         sigmoid(score)
+
+For both the raw score is logit(yes) - logit(no) at the last position. mxbai-v2 is the
+default; `detect_prompt_family` says which family a model folder was trained with.
+
+mxbai-v2 (mxbai-rerank 0.1.6, `MxbaiRerankV2`) is described here; Qwen3-Reranker at
+Qwen3RerankPrompt.
 
 Layout (each piece tokenized on its own with add_special_tokens=False, ids concatenated):
 
@@ -27,7 +40,10 @@ no_id are the first ids of "1" / "0". `sigmoid_normalize` maps it to (0, 1) as m
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -163,6 +179,10 @@ def _single_token_id(tokenizer: Any, text: str, why: str) -> int:
     return ids[0]
 
 
+MXBAI_V2 = "mxbai-v2"
+QWEN3_RERANKER = "qwen3-reranker"
+
+
 class RerankPrompt:
     """Builds mxbai-v2 reranking prompts with one tokenizer; template ids computed once.
 
@@ -173,6 +193,8 @@ class RerankPrompt:
         would exceed model_max_length; the effective value is `self.max_length`.
       model_max_length: the model's position limit (config max_position_embeddings).
     """
+
+    family = MXBAI_V2
 
     def __init__(self, tokenizer: Any, max_length: int | None, model_max_length: int):
         if not isinstance(model_max_length, int) or model_max_length <= 0:
@@ -255,6 +277,237 @@ class RerankPrompt:
         )
         doc_ids = self._encode_many([document_text(d) for d in documents])
         return [self._assemble(query_ids[q], d) for q, d in zip(queries, doc_ids)]
+
+    def truncation_message(self, queries_cut: int, documents_cut: int, total: int) -> str:
+        budget = self.max_length
+        return (
+            f"{documents_cut} of {total} documents were truncated to fit max_length={budget} tokens "
+            f"(query + document); {queries_cut} of {total} queries were truncated to {budget * 3 // 4} "
+            "tokens (3/4 of max_length). They are scored on the kept text, as mxbai-rerank does."
+        )
+
+
+# ----------------------------------------------------------------------------- Qwen3-Reranker
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_BODY_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+QWEN3_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QWEN3_YES_TEXT = "yes"
+QWEN3_NO_TEXT = "no"
+QWEN3_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<think>", "</think>")
+QWEN3_DEFAULT_MAX_LENGTH = 8192  # the model card's max_length
+
+
+def qwen3_body_text(query: str, document: str, instruction: str | None = None) -> str:
+    """The model card's format_instruction: None means the default instruction ("" stays empty)."""
+    if instruction is None:
+        instruction = QWEN3_DEFAULT_INSTRUCTION
+    return QWEN3_BODY_TEMPLATE.format(instruction=instruction, query=query, document=document)
+
+
+class Qwen3RerankPrompt:
+    """Builds Qwen3-Reranker prompts as the Qwen3-Reranker model card's transformers code does.
+
+        ids = prefix_ids + body_ids[:max_length - len(prefix_ids) - len(suffix_ids)] + suffix_ids
+
+    The prefix (system prompt + "<|im_start|>user\\n") and suffix ("<|im_end|>\\n<|im_start|>assistant\\n"
+    + an empty think block) are tokenized once; the body "<Instruct>: {i}\\n<Query>: {q}\\n<Document>: {d}"
+    is tokenized as ONE string and cut as the card's `truncation='longest_first'` cuts a single
+    sequence: from the tokenizer's truncation_side ("right" for Qwen), so the document goes
+    first and the query only once the document is gone. The card tokenizes the body with the
+    tokenizer's default add_special_tokens=True; Qwen tokenizers add no special tokens, so
+    add_special_tokens=False here gives the same ids. The score is logit("yes") - logit("no");
+    the card's probability softmax([no, yes])[yes] is its sigmoid.
+
+    Args mirror RerankPrompt's, but max_length here is the whole prompt's length, template
+    included (the card's meaning; None means model_max_length), lowered to model_max_length.
+    Every pair of one query shares prefix + instruction + query ids, which the Reranker's
+    shared-prefix path finds from the ids themselves.
+    """
+
+    family = QWEN3_RERANKER
+
+    def __init__(self, tokenizer: Any, max_length: int | None, model_max_length: int):
+        if not isinstance(model_max_length, int) or model_max_length <= 0:
+            raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        self.tokenizer = tokenizer
+        for token in QWEN3_SPECIAL_TOKENS:
+            _single_token_id(tokenizer, token, "the Qwen3-Reranker template needs it as one token")
+        self.yes_id = _single_token_id(tokenizer, QWEN3_YES_TEXT, "its logit is the 'relevant' score")
+        self.no_id = _single_token_id(tokenizer, QWEN3_NO_TEXT, "its logit is the 'not relevant' score")
+        side = getattr(tokenizer, "truncation_side", "right")
+        if side not in ("left", "right"):
+            raise ValueError(f"tokenizer.truncation_side must be 'left' or 'right', got {side!r}")
+        self.truncation_side = side
+        self.prefix_ids = tuple(self._encode(QWEN3_PREFIX))
+        self.suffix_ids = tuple(self._encode(QWEN3_SUFFIX))
+        self.template_length = len(self.prefix_ids) + len(self.suffix_ids)
+        self.model_max_length = model_max_length
+        self.max_length = min(max_length or model_max_length, model_max_length)
+        if self.body_budget < MIN_MAX_LENGTH:
+            raise ValueError(
+                f"max_length={self.max_length} leaves {self.body_budget} tokens for instruction, query and "
+                f"document after the {self.template_length}-token Qwen3-Reranker template; need at least "
+                f"{MIN_MAX_LENGTH}"
+            )
+
+    @property
+    def body_budget(self) -> int:
+        """Tokens left for the body: the card's max_length - len(prefix) - len(suffix)."""
+        return self.max_length - self.template_length
+
+    @property
+    def max_total_length(self) -> int:
+        return self.max_length
+
+    pad_id = RerankPrompt.pad_id
+    _encode = RerankPrompt._encode
+    _encode_many = RerankPrompt._encode_many
+
+    def encode(self, query: str, document: str, instruction: str | None = None) -> EncodedPair:
+        return self.encode_batch([query], [document], instruction=instruction)[0]
+
+    def encode_batch(
+        self, queries: Sequence[str], documents: Sequence[str], instruction: str | None = None
+    ) -> list[EncodedPair]:
+        """Encode pairs (queries[i], documents[i]); instruction None is the card's default one."""
+        if len(queries) != len(documents):
+            raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
+        _check_texts("instruction", [instruction] if instruction is not None else [], allow_empty=True)
+        _check_texts("query", queries, allow_empty=False)
+        _check_texts("document", documents, allow_empty=True)
+        bodies = self._encode_many([qwen3_body_text(q, d, instruction) for q, d in zip(queries, documents)])
+        # What precedes the document, to tell a cut document from a cut query (counts only).
+        unique_queries = list(dict.fromkeys(queries))
+        heads = dict(zip(unique_queries, self._encode_many(
+            [qwen3_body_text(q, "", instruction).rstrip(" ") for q in unique_queries])))
+        budget = self.body_budget
+        out = []
+        for query, body in zip(queries, bodies):
+            kept = _cut(body, budget, self.truncation_side)
+            out.append(EncodedPair(
+                input_ids=self.prefix_ids + tuple(kept) + self.suffix_ids,
+                query_truncated=len(kept) < len(heads[query]),
+                document_truncated=len(kept) < len(body),
+            ))
+        return out
+
+    def truncation_message(self, queries_cut: int, documents_cut: int, total: int) -> str:
+        return (
+            f"{documents_cut} of {total} prompts were truncated to max_length={self.max_length} tokens "
+            f"({self.body_budget} for instruction + query + document after the template), {queries_cut} of "
+            f"them into the query. They are scored on the kept text, as the Qwen3-Reranker model card's "
+            "truncation='longest_first' does."
+        )
+
+
+# ----------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class PromptFamily:
+    """What a reranker family fixes: its prompt class, its answers and its normalisation.
+
+    no_text / yes_text are the answers the model is taught (stage 1's allowed labels, in
+    label order: index 0 = not relevant); the raw score is always logit(yes) - logit(no).
+    uses_estimated_max: normalize=True is sigmoid(score - estimated_max / 2) (mxbai) rather
+    than sigmoid(score), the probability of "yes" (Qwen3-Reranker).
+    """
+
+    name: str
+    prompt_class: type
+    no_text: str
+    yes_text: str
+    uses_estimated_max: bool
+    default_max_length: int
+
+    @property
+    def answer_texts(self) -> tuple[str, str]:
+        """(not relevant, relevant): index i is the answer to label i."""
+        return (self.no_text, self.yes_text)
+
+    def prompt(self, tokenizer: Any, max_length: int | None, model_max_length: int):
+        return self.prompt_class(tokenizer, max_length, model_max_length)
+
+    def normalize(self, scores: Any, estimated_max: float = DEFAULT_ESTIMATED_MAX) -> np.ndarray:
+        return sigmoid_normalize(scores, estimated_max if self.uses_estimated_max else 0.0)
+
+
+PROMPT_FAMILIES: Mapping[str, PromptFamily] = MappingProxyType({
+    MXBAI_V2: PromptFamily(MXBAI_V2, RerankPrompt, NO_TEXT, YES_TEXT, uses_estimated_max=True,
+                           default_max_length=8192),
+    QWEN3_RERANKER: PromptFamily(QWEN3_RERANKER, Qwen3RerankPrompt, QWEN3_NO_TEXT, QWEN3_YES_TEXT,
+                                 uses_estimated_max=False, default_max_length=QWEN3_DEFAULT_MAX_LENGTH),
+})
+DEFAULT_PROMPT_FAMILY = MXBAI_V2
+
+
+def prompt_family(name: str | PromptFamily | None, where: str = "prompt_family") -> PromptFamily:
+    """The family called `name` (None: the default, mxbai-v2); `where` names the setting in errors."""
+    if isinstance(name, PromptFamily):
+        return name
+    if name is None:
+        return PROMPT_FAMILIES[DEFAULT_PROMPT_FAMILY]
+    try:
+        return PROMPT_FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}={name!r}: expected one of {sorted(PROMPT_FAMILIES)}") from None
+
+
+def make_prompt(family: str | PromptFamily | None, tokenizer: Any, max_length: int | None, model_max_length: int):
+    """The family's prompt builder (RerankPrompt or Qwen3RerankPrompt)."""
+    return prompt_family(family).prompt(tokenizer, max_length, model_max_length)
+
+
+# ----------------------------------------------------------------------------- which family a folder holds
+PRORANK_FILE = "prorank.json"  # {"prompt_family": ...}, written into every HF folder this library saves
+RUN_CONFIG_FILE = "run_config.json"
+QWEN3_RERANKER_HINT = "qwen3-reranker"
+
+
+def prorank_file_text(family: str | PromptFamily) -> str:
+    """The PRORANK_FILE an HF folder is saved with."""
+    return json.dumps({"prompt_family": prompt_family(family).name}, indent=2) + "\n"
+
+
+def detect_prompt_family(folder: str | os.PathLike, override: str | None = None) -> str:
+    """The prompt family of a model folder, first rule that applies:
+
+    1. `override` (what the user forces: a config's prompt_family, --prompt-family);
+    2. prorank.json's "prompt_family" (HF folders this library saves or exports);
+    3. run_config.json's "prompt_family" (a prorank run folder);
+    4. a Qwen3-Reranker checkpoint by name: "qwen3-reranker" (any case) in the folder's path
+       (a hub cache path such as .../models--Qwen--Qwen3-Reranker-0.6B/snapshots/...) or in
+       config.json's "_name_or_path", with model_type "qwen3" where config.json says;
+    5. mxbai-v2.
+    A malformed prorank.json / run_config.json or an unknown name is an error naming the file.
+    """
+    if override is not None:
+        return prompt_family(override).name
+    folder = Path(folder)
+    for name in (PRORANK_FILE, RUN_CONFIG_FILE):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text()).get("prompt_family")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"{path}: expected a JSON object with a 'prompt_family' field ({err})") from None
+        if saved is not None:
+            return prompt_family(saved, where=f"{path}: prompt_family").name
+    config: dict = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError:
+            config = {}
+    names = [str(folder.resolve()), str(config.get("_name_or_path") or "")]
+    if any(QWEN3_RERANKER_HINT in n.lower() for n in names) and config.get("model_type", "qwen3") == "qwen3":
+        return QWEN3_RERANKER
+    return DEFAULT_PROMPT_FAMILY
 
 
 def _check_texts(field: str, texts: Sequence[Any], *, allow_empty: bool) -> None:

@@ -8,7 +8,8 @@ Semantics follow mxbai-rerank 0.1.6 (MxbaiRerankV2 + BaseReranker):
   * prompts and truncation are prorank_jax.prompts (checked id for id against mxbai);
   * the score is scoring.score.rerank_scores: logit("1") - logit("0") at the last position,
     float32 whatever the compute dtype;
-  * normalize=True is sigmoid(score - estimated_max / 2); estimated_max defaults to mxbai's
+  * normalize=True is sigmoid(score - estimated_max / 2) (sigmoid(score), the probability of
+    "yes", for the qwen3-reranker prompt family); estimated_max defaults to mxbai's
     table for the two hub ids and 12.0 otherwise (a local folder is "otherwise", as in mxbai);
   * rank() orders by score descending, ties by document index ascending (mxbai's lexsort).
     mxbai first takes an argpartition top-k, whose choice among ties at the k-th place is
@@ -72,7 +73,8 @@ from tqdm.auto import tqdm
 from prorank_jax import hf
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of, take_cache_rows
-from prorank_jax.prompts import EncodedPair, RerankPrompt, estimated_max_for, left_pad, sigmoid_normalize
+from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
+from prorank_jax.prompts import prompt_family as _prompt_family
 from prorank_jax.pretrained import is_run_folder, load_tokenizer
 from scoring.batching import (
     DEFAULT_STEPS_PER_OCTAVE,
@@ -207,6 +209,9 @@ class Reranker:
       show_progress: tqdm bar for calls of more than one batch; None shows it on a terminal only.
       steps_per_octave: length-bucket granularity (see length_buckets).
       model_id: name used for the estimated_max lookup (mxbai keys it by hub id).
+      prompt_family: "mxbai-v2" (None, the default) or "qwen3-reranker" (prorank_jax.prompts):
+        the prompt, its answer tokens, its truncation and what normalize=True means. For
+        qwen3-reranker max_length is the whole prompt's length, as in its model card.
       reuse_prefix: run each query's shared prompt prefix once per call and only the rest
         of each pair on top of its cached keys/values (True), always run whole prompts
         (False), or decide per call (None): reuse when there are at least
@@ -236,6 +241,7 @@ class Reranker:
         model_id: str | None = None,
         reuse_prefix: bool | None = None,
         pack_tokens: bool | None = None,
+        prompt_family: str | None = None,
     ):
         dtype = dtype or default_dtype()
         if dtype not in COMPUTE_DTYPES:
@@ -245,7 +251,8 @@ class Reranker:
         target = dtype_of(dtype)
         self.params = jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params))
         self.tokenizer = tokenizer
-        self.prompt = RerankPrompt(tokenizer, max_length, config.max_position_embeddings)
+        self.family = _prompt_family(prompt_family)
+        self.prompt = self.family.prompt(tokenizer, max_length, config.max_position_embeddings)
         self.pad_id = _pad_id(tokenizer)
         self.estimated_max = float(estimated_max) if estimated_max is not None else estimated_max_for(model_id)
         self.show_progress = show_progress
@@ -283,13 +290,15 @@ class Reranker:
         reuse_prefix: bool | None = None,
         pack_tokens: bool | None = None,
         tokenizer: str | os.PathLike | None = None,
+        prompt_family: str | None = None,
     ) -> "Reranker":
         """Load an HF folder (config.json + safetensors + tokenizer) or a prorank run folder
         (run_config.json + model_config.json + tokenizer/ + checkpoints/; `step` picks a
         checkpoint, default the latest). `tokenizer` is a tokenizer folder to use instead of
         the model's own (for a model folder saved without tokenizer files). As in mxbai,
         estimated_max=None looks the path up in the table of hub ids, so a local folder gets
-        the 12.0 default."""
+        the 12.0 default. prompt_family=None takes the folder's own (prompts.detect_prompt_family:
+        its saved prompt_family, else a Qwen3-Reranker name, else mxbai-v2); a name forces it."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")
@@ -324,6 +333,7 @@ class Reranker:
             model_id=str(path),
             reuse_prefix=reuse_prefix,
             pack_tokens=pack_tokens,
+            prompt_family=detect_prompt_family(path, prompt_family),
         )
 
     @property
@@ -377,7 +387,7 @@ class Reranker:
         else:
             scores = self._score_ids(sequences, batch_size)
         if normalize:
-            scores = sigmoid_normalize(scores, self.estimated_max).astype(np.float32)
+            scores = self.family.normalize(scores, self.estimated_max).astype(np.float32)
         return scores
 
     def rank(
@@ -411,11 +421,8 @@ class Reranker:
         queries_cut, documents_cut = truncation_counts(encoded)
         if not (queries_cut or documents_cut):
             return
-        budget = self.prompt.max_length
         warnings.warn(
-            f"{documents_cut} of {len(encoded)} documents were truncated to fit max_length={budget} tokens "
-            f"(query + document); {queries_cut} of {len(encoded)} queries were truncated to {budget * 3 // 4} "
-            "tokens (3/4 of max_length). They are scored on the kept text, as mxbai-rerank does.",
+            self.prompt.truncation_message(queries_cut, documents_cut, len(encoded)),
             TruncationWarning,
             stacklevel=_caller_stacklevel(),
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -33,12 +33,37 @@ _TRAINING_TEXT = (
 )
 
 
+# Qwen3-Reranker's template, its answers, and text in a few scripts, so that the Qwen3 test
+# tokenizer has merges for them (any text still encodes, byte by byte if need be).
+QWEN3_TRAINING_TEXT = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: what is the "
+    "capital of France?\n<Document>: Paris is the capital and most populous city of France.",
+    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    "yes no yes no yes no yes no yes no yes no",
+    "Berlin ist die Hauptstadt Deutschlands. París es la capital de Francia.",
+    "北京是中国的首都。東京は日本の首都です。القاهرة هي عاصمة مصر.",
+)
+# Qwen3's tokenizer has these as added (not special) tokens.
+QWEN3_THINK_TOKENS = ("<think>", "</think>")
+
+
+def build_qwen3_test_tokenizer(directory: str | os.PathLike, vocab_size: int = 600) -> Path:
+    """The test tokenizer with Qwen3-Reranker's needs: the chat tokens, <think> and </think> as
+    single added tokens, and "yes" / "no" as single BPE tokens."""
+    return build_test_tokenizer(directory, vocab_size=vocab_size, extra_text=QWEN3_TRAINING_TEXT,
+                                added_tokens=QWEN3_THINK_TOKENS)
+
+
 def build_test_tokenizer(
     directory: str | os.PathLike,
     *,
     with_chat_tokens: bool = True,
     split_digit_one: bool = False,
     vocab_size: int = 420,
+    extra_text: tuple[str, ...] = (),
+    added_tokens: tuple[str, ...] = (),
 ) -> Path:
     """Train and save the test tokenizer under `directory`; returns that folder.
 
@@ -59,7 +84,9 @@ def build_test_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(_TRAINING_TEXT), trainer)
+    tok.train_from_iterator(list(_TRAINING_TEXT) + list(extra_text), trainer)
+    if added_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>" if with_chat_tokens else "<|endoftext|>",

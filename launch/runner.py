@@ -38,6 +38,7 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
         mesh=cfglib.section(raw, "mesh", training.MeshConfig),
     )
     resolved = cfglib.resolved(raw, **sections)
+    resolved["prompt_family"] = run_prompt_family(raw, sections["model"])
     cfglib.print_resolved(resolved)
     if dry_run:
         from launch.dry_run import print_dry_run
@@ -45,6 +46,27 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
         print_dry_run(sections["model"], sections["mesh"], sections["optimizer"], sections["loop"])
         return None
     return sections, resolved
+
+
+def run_prompt_family(raw: dict, model_source: ModelSource) -> str:
+    """The run's prompt family, from one place: the config's top-level `prompt_family` when set,
+    else the family of the folder model.path names (prompts.detect_prompt_family: its saved
+    field, else a Qwen3-Reranker name), else mxbai-v2. It is saved in run_config.json."""
+    from launch import config as cfglib
+    from prorank_jax.pretrained import BUNDLED_WARM_START
+    from prorank_jax.prompts import DEFAULT_PROMPT_FAMILY, detect_prompt_family, prompt_family
+
+    source = raw.get("_source", "config")
+    forced = raw.get("prompt_family")
+    path = model_source.path
+    try:
+        if forced is not None:
+            return prompt_family(forced).name
+        if path and path != BUNDLED_WARM_START and Path(path).is_dir():
+            return detect_prompt_family(path)
+        return DEFAULT_PROMPT_FAMILY
+    except ValueError as err:
+        raise cfglib.RunConfigError(f"{source}: {err}") from None
 
 
 def _int_env(name: str, low: int, high: int | None = None) -> int:

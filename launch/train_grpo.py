@@ -38,7 +38,7 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage1_iterator
     from prorank_jax.pretrained import load_tokenizer
-    from prorank_jax.prompts import RerankPrompt
+    from prorank_jax.prompts import prompt_family
     from rl.config import GRPOConfig
     from rl.train import GRPOStage, greedy_accuracy, grpo_loss, save_final
 
@@ -46,13 +46,16 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
     if prepared is None:
         return {}
     sections, resolved = prepared
+    family = prompt_family(resolved["prompt_family"])
+    sections["grpo"] = family_answers(sections["grpo"], family, raw)
+    resolved["grpo"]["allowed_labels"] = list(sections["grpo"].allowed_labels)
     out_dir = Path(raw.get("out_dir") or "runs/grpo")
     run = start_run(out_dir=out_dir, model_source=sections["model"], optimizer=sections["optimizer"],
                     loop=sections["loop"], mesh=sections["mesh"], resolved_config=resolved,
                     updates_per_step=sections["grpo"].updates_per_rollout)
     tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
     data: DataConfig = sections["data"]
-    prompt = RerankPrompt(tokenizer, data.max_length, run.config.max_position_embeddings)
+    prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
     train_iter = make_stage1_iterator(load_config_examples(data, stage=1), prompt, repeat_forever(data))
     if run.data_state:
         train_iter.set_state(run.data_state)
@@ -67,7 +70,7 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
         def evaluate(state):
             batches = make_stage1_iterator(eval_examples, prompt, eval_cfg, training=False)
             return greedy_accuracy(state.params, run.config, batches, tokenizer, stage.sampler,
-                                   label_ids=(prompt.yes_id, prompt.no_id))
+                                   label_ids=(prompt.yes_id, prompt.no_id), answers=grpo.allowed_labels)
 
     step = lazy_train_step(functools.partial(grpo_loss, config=run.config, grpo=grpo), run,
                            updates_per_batch=grpo.updates_per_rollout)
@@ -80,12 +83,26 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
     run.checkpointer.close()
     summary = {"out_dir": str(out_dir), "steps": sections["loop"].steps}
     if final.completed:
-        summary["hf_folder"] = str(save_final(out_dir, final.state.params, run.config, run.tokenizer_dir))
+        summary["hf_folder"] = str(save_final(out_dir, final.state.params, run.config, run.tokenizer_dir,
+                                              prompt_family=family.name))
         if evaluate is not None:
             summary["eval"] = evaluate(final.state)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"[prorank] stage 1 done: {json.dumps(summary)}", flush=True)
     return summary
+
+
+def family_answers(grpo, family, raw: dict):
+    """GRPOConfig with allowed_labels = the prompt family's (no, yes) answers, which stage 1's
+    rewards accept and its labels are written in; a config that sets other ones is an error."""
+    given = (raw.get("grpo") or {}).get("allowed_labels")
+    if given is not None and tuple(given) != family.answer_texts:
+        raise cfglib.RunConfigError(
+            f"{raw.get('_source', 'config')}: grpo.allowed_labels={list(given)} disagrees with prompt_family "
+            f"{family.name!r}, whose answers are {list(family.answer_texts)} (not relevant, relevant); "
+            "leave allowed_labels out to take the family's"
+        )
+    return grpo.replace(allowed_labels=family.answer_texts)
 
 
 def repeat_forever(data):

@@ -36,7 +36,7 @@ def run_score(raw: dict, dry_run: bool = False) -> dict:
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage2_iterator
     from prorank_jax.pretrained import load_tokenizer
-    from prorank_jax.prompts import RerankPrompt
+    from prorank_jax.prompts import prompt_family
     from rl.train import save_final
     from scoring.losses import ScoreLossConfig
     from scoring.train import ScoreStage, check_label_mode, score_loss, validation_reranker, validation_set
@@ -62,7 +62,8 @@ def run_score(raw: dict, dry_run: bool = False) -> dict:
             f"of the mesh's batch split, {divisor} (mesh {dict(run.mesh.shape)})"
         )
     tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
-    prompt = RerankPrompt(tokenizer, data.max_length, run.config.max_position_embeddings)
+    family = prompt_family(resolved["prompt_family"])
+    prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
     train_iter = make_stage2_iterator(load_config_examples(data, stage=2), prompt, repeat_forever(data))
     if run.data_state:
         train_iter.set_state(run.data_state)
@@ -73,7 +74,8 @@ def run_score(raw: dict, dry_run: bool = False) -> dict:
     if eval_cfg is not None:
         stage.validation = validation_set(load_config_examples(eval_cfg, stage=2))
         stage.reranker = validation_reranker(run.config, run.state.params, tokenizer, max_length=eval_cfg.max_length,
-                                             batch_size=eval_cfg.batch_size * (1 + eval_cfg.num_negatives))
+                                             batch_size=eval_cfg.batch_size * (1 + eval_cfg.num_negatives),
+                                             prompt_family=family.name)
         print(f"[prorank] validation: {len(stage.validation.candidates)} queries, "
               f"{stage.validation.num_pairs} (query, document) pairs", flush=True)
 
@@ -91,7 +93,8 @@ def run_score(raw: dict, dry_run: bool = False) -> dict:
     run.checkpointer.close()
     summary = {"out_dir": str(out_dir), "steps": sections["loop"].steps}
     if final.completed:
-        summary["hf_folder"] = str(save_final(out_dir, final.state.params, run.config, run.tokenizer_dir))
+        summary["hf_folder"] = str(save_final(out_dir, final.state.params, run.config, run.tokenizer_dir,
+                                              prompt_family=family.name))
         if evaluate is not None:
             summary["eval"] = evaluate(final.state)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

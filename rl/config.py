@@ -67,7 +67,9 @@ class GRPOConfig:
       reward_weights ({"format": 1.0, "correctness": 1.0}): registered reward
         name -> weight; the scalar reward is the weighted sum.
       allowed_labels (("0", "1")): the only answers the "format" reward accepts
-        (after stripping whitespace).
+        (after stripping whitespace); allowed_labels[label] is the correct answer to a
+        pair of that label (0 not relevant, 1 relevant). The training command sets it
+        to the prompt family's answers (("no", "yes") for qwen3-reranker).
     """
 
     group_size: int = 8

@@ -77,7 +77,7 @@ def rollout(
     out = sampling.sample(params, config, prompts["input_ids"], prompts["attention_mask"], rng, sampler, g)
     tokens, completion_mask = np.asarray(out.tokens), np.asarray(out.completion_mask)
     texts = sampling.completion_texts(tokenizer, tokens, completion_mask, sampler.eos_token_ids)
-    labels = [str(int(x)) for x in np.repeat(np.asarray(prompts["label"]), g)]
+    labels = [grpo.allowed_labels[int(x)] for x in np.repeat(np.asarray(prompts["label"]), g)]  # label i's answer
     total, per_reward = combined_rewards(texts, labels, dict(grpo.reward_weights), allowed_labels=grpo.allowed_labels)
     advantages = group_advantages(jnp.asarray(total), g, scale=grpo.advantage_scale, ddof=grpo.std_ddof,
                                   eps=grpo.advantage_eps)

@@ -68,9 +68,10 @@ class GRPOStage:
 
 
 def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sampling.SamplingConfig,
-                    label_ids: tuple[int, int] | None = None) -> dict:
+                    label_ids: tuple[int, int] | None = None, answers: tuple[str, str] = ("0", "1")) -> dict:
     """Held-out accuracy of greedy answers, with the majority-class rate beside it.
 
+    answers = (not relevant, relevant) answer texts of the prompt family (GRPOConfig.allowed_labels).
     With label_ids = (id("1"), id("0")) it also reads the score s = logit("1") - logit("0")
     of every pair: score_accuracy is that of answering "1" when s > 0 (the greedy answer
     once the format is learnt) and score_auc how well s orders relevant above non-relevant
@@ -95,8 +96,8 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
             if not keep:
                 continue
             answer = text.strip()
-            correct += answer == str(int(label))
-            formatted += answer in ("0", "1")
+            correct += answer == answers[int(label)]
+            formatted += answer in answers
             positives += int(label)
             total += 1
     if total == 0:
@@ -115,8 +116,11 @@ def _scores_jit(params, input_ids, attention_mask, *, config, yes_id, no_id):
     return rerank_scores(params, config, input_ids, attention_mask, yes_id, no_id)
 
 
-def save_final(out_dir: str | Path, params, config: ModelConfig, tokenizer_dir) -> Path:
-    """The final policy as an HF folder beside the checkpoints (what stage 2 starts from)."""
+def save_final(out_dir: str | Path, params, config: ModelConfig, tokenizer_dir, prompt_family: str | None = None) -> Path:
+    """The final policy as an HF folder beside the checkpoints (what stage 2 starts from), with
+    its prompt family in prorank.json (prompts.detect_prompt_family reads it back)."""
     from prorank_jax import hf
+    from prorank_jax.prompts import PRORANK_FILE, prorank_file_text
 
-    return hf.save(params, config, Path(out_dir) / "hf", tokenizer_dir=tokenizer_dir)
+    extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
+    return hf.save(params, config, Path(out_dir) / "hf", tokenizer_dir=tokenizer_dir, extra_files=extra)

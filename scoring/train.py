@@ -159,7 +159,8 @@ def rerank_validation(reranker, validation: ValidationSet, *, instruction: str |
     return {key: means[name] for key, name in VALIDATION_MEASURES.items()}
 
 
-def validation_reranker(config: ModelConfig, params, tokenizer, *, max_length: int, batch_size: int):
+def validation_reranker(config: ModelConfig, params, tokenizer, *, max_length: int, batch_size: int,
+                        prompt_family: str | None = None):
     """A scoring.reranker.Reranker for ScoreStage.validate, in the model's compute dtype.
 
     It is built once per run (its jitted scorer then compiles each shape once); the
@@ -168,7 +169,7 @@ def validation_reranker(config: ModelConfig, params, tokenizer, *, max_length: i
     from scoring.reranker import Reranker
 
     reranker = Reranker(config, params, tokenizer, max_length=max_length, dtype=config.dtype,
-                        batch_size=batch_size, show_progress=False)
+                        batch_size=batch_size, show_progress=False, prompt_family=prompt_family)
     reranker.params = None
     return reranker
 

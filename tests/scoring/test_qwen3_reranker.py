@@ -96,10 +96,22 @@ def tiny(tmp_path_factory):
     return tok_dir, tokenizer, torch_model, config, params
 
 
-def reranker(tiny, **kwargs) -> Reranker:
+@pytest.fixture(scope="module")
+def rerankers(tiny):
+    """Rerankers by (max_length, reuse_prefix), built once: each compiles its shapes once.
+    Packing (pack_tokens) is on for the shared-prefix path and off for whole prompts."""
     _, tokenizer, _, config, params = tiny
-    return Reranker(config, params, tokenizer, dtype="float32", show_progress=False, batch_size=4,
-                    prompt_family="qwen3-reranker", **kwargs)
+    built = {}
+
+    def get(max_length: int, reuse_prefix: bool) -> Reranker:
+        key = (max_length, reuse_prefix)
+        if key not in built:
+            built[key] = Reranker(config, params, tokenizer, dtype="float32", show_progress=False, batch_size=16,
+                                  prompt_family="qwen3-reranker", max_length=max_length,
+                                  reuse_prefix=reuse_prefix, pack_tokens=reuse_prefix)
+        return built[key]
+
+    return get
 
 
 def pairs():
@@ -127,13 +139,14 @@ def test_prompt_ids_equal_the_cards(tiny):
 
 
 @pytest.mark.parametrize("reuse_prefix", [False, True])
-def test_scores_equal_the_cards(tiny, reuse_prefix):
+def test_scores_equal_the_cards(tiny, rerankers, reuse_prefix):
     _, tokenizer, torch_model, _, _ = tiny
     queries, documents = pairs()
-    for max_length in (8192, 100):
-        ours = reranker(tiny, max_length=max_length, reuse_prefix=reuse_prefix)
+    # the default and a custom instruction uncut; the default one with documents and a query cut
+    for max_length, instructions in ((8192, INSTRUCTIONS), (100, INSTRUCTIONS[:1])):
+        ours = rerankers(max_length, reuse_prefix)
         card = CardReranker(tokenizer, torch_model, max_length)
-        for instruction in INSTRUCTIONS:
+        for instruction in instructions:
             want_p, want_raw = card.score(queries, documents, instruction)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TruncationWarning)
@@ -143,14 +156,13 @@ def test_scores_equal_the_cards(tiny, reuse_prefix):
             np.testing.assert_allclose(raw, want_raw, atol=1e-4, rtol=0)
             np.testing.assert_allclose(p, want_p, atol=1e-4, rtol=0)
         assert ours.uses_prefix_path(queries) == reuse_prefix
-    assert ours.compiled_extend_shapes if reuse_prefix else ours.compiled_shapes
+        assert (ours.compiled_extend_shapes if reuse_prefix else ours.compiled_shapes)
 
 
-def test_truncation_is_reported(tiny):
-    ours = reranker(tiny, max_length=100)
+def test_truncation_is_reported(rerankers):
     queries, documents = pairs()
     with pytest.warns(TruncationWarning, match="longest_first"):
-        ours.predict(queries, documents)
+        rerankers(100, False).predict(queries, documents)
 
 
 def test_small_max_length_is_an_error(tiny):

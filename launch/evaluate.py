@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
 
         data = load_beir(args.data, args.split)  # before the model: data errors show at once
         reranker = Reranker.from_pretrained(
-            args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step
+            args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,
+            prompt_family=args.prompt_family,
         )
         report = evaluate(reranker, data, args.split, run=args.run, top_k=args.top_k, out_dir=args.out,
                           instruction=args.instruction)

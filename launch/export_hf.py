@@ -15,6 +15,7 @@ import sys
 
 def parse_args(argv):
     from prorank_jax.export import DEFAULT_LICENSE, EXPORT_DTYPES
+    from prorank_jax.prompts import PROMPT_FAMILIES
 
     parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--checkpoint", required=True, help="prorank run folder (or an HF folder)")
@@ -26,6 +27,8 @@ def parse_args(argv):
     parser.add_argument("--base-model", default=None,
                         help="hub id for the card's base_model (default: from the run config when it names one)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
+                        help="force the prompt family (default: the checkpoint's, see README 'Prompt families')")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
                         help="upload the folder to this Hub repo afterwards (needs HF_TOKEN)")
     return parser.parse_args(argv)
@@ -38,7 +41,7 @@ def main(argv: list[str]) -> int:
     try:
         export_hf(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
                   license=args.license, base_model=args.base_model, push_to_hub=args.push_to_hub,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, prompt_family=args.prompt_family)
     except (ExportError, ExportCheckError, FileNotFoundError) as err:
         print(f"prorank export-hf: error: {err}", file=sys.stderr)
         return 2

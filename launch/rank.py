@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from prorank_jax.data import DataError, read_jsonl
+from prorank_jax.prompts import PROMPT_FAMILIES
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TEXT_FIELDS = ("text", "document")
@@ -81,7 +82,10 @@ def add_reranker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="HF model folder or prorank run folder")
     parser.add_argument("--instruction", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=8192, help="query + document token budget (default 8192)")
+    parser.add_argument("--max-length", type=int, default=8192,
+                        help="query + document token budget (qwen3-reranker: the whole prompt) (default 8192)")
+    parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
+                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
 
 
@@ -109,7 +113,8 @@ def main(argv: list[str]) -> int:
         from scoring.reranker import DEFAULT_BATCH_SIZE, Reranker  # JAX starts only once the inputs are fine
 
         reranker = Reranker.from_pretrained(
-            args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step
+            args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,
+            prompt_family=args.prompt_family,
         )
         results = reranker.rank(args.query, documents, top_k=args.top_k, instruction=args.instruction)
     except (DataError, ValueError, FileNotFoundError) as err:

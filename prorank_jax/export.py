@@ -63,12 +63,21 @@ from prorank_jax.prompts import (
     CHAT_SUFFIX,
     DOCUMENT_TEMPLATE,
     INSTRUCTION_TEMPLATE,
+    MXBAI_V2,
     NO_TEXT,
+    PRORANK_FILE,
     QUERY_TEMPLATE,
+    QWEN3_DEFAULT_INSTRUCTION,
+    QWEN3_PREFIX,
+    QWEN3_RERANKER,
+    QWEN3_SUFFIX,
     SEP,
     TASK_PROMPT,
     YES_TEXT,
+    detect_prompt_family,
+    prorank_file_text,
 )
+from prorank_jax.prompts import prompt_family as _prompt_family
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +155,27 @@ def _build_rerank_chat_template() -> str:
 RERANK_CHAT_TEMPLATE = _build_rerank_chat_template()
 
 
+def _build_qwen3_chat_template() -> str:
+    """Qwen3-Reranker's prompt from query/document messages (a "system" message is the instruction,
+    the model card's default when there is none); other conversations render as ChatML.
+    Built like RERANK_CHAT_TEMPLATE, whose message parsing it shares."""
+    head, rest = RERANK_CHAT_TEMPLATE.split("{%- if ns.query is not none and ns.document is not none -%}", 1)
+    chatml = rest[rest.index("{% else %}"):]
+    return (
+        head
+        + "{%- if ns.query is not none and ns.document is not none -%}"
+        + _jinja_text(QWEN3_PREFIX) + "<Instruct>: "
+        # an expression, not an if block: trim_blocks would eat the newline after {% endif %}
+        + "{{ ns.instruction if ns.instruction is not none else '" + _jinja_text(QWEN3_DEFAULT_INSTRUCTION) + "' }}"
+        + "\n<Query>: {{ ns.query }}\n<Document>: {{ ns.document }}" + _jinja_text(QWEN3_SUFFIX)
+        + chatml
+    )
+
+
+QWEN3_RERANK_CHAT_TEMPLATE = _build_qwen3_chat_template()
+CHAT_TEMPLATES = {MXBAI_V2: RERANK_CHAT_TEMPLATE, QWEN3_RERANKER: QWEN3_RERANK_CHAT_TEMPLATE}
+
+
 def rerank_prompt_text(query: str, document: str, instruction: str | None = None) -> str:
     """The prompt string mxbai-v2 builds (its pieces joined), which RERANK_CHAT_TEMPLATE renders."""
     q = QUERY_TEMPLATE.format(query=query)
@@ -155,8 +185,11 @@ def rerank_prompt_text(query: str, document: str, instruction: str | None = None
 
 
 # ----------------------------------------------------------------------------- sentence-transformers files
-def sentence_transformers_files(yes_id: int, no_id: int, *, write_chat_template: bool) -> dict[str, str]:
-    """file name (relative, may include one folder) -> text, as CrossEncoder.save_pretrained lays them out."""
+def sentence_transformers_files(yes_id: int, no_id: int, *, write_chat_template: bool,
+                                family: str = MXBAI_V2) -> dict[str, str]:
+    """file name (relative, may include one folder) -> text, as CrossEncoder.save_pretrained lays them out;
+    the chat template renders the prompt family's prompt."""
+    chat_template = CHAT_TEMPLATES[_prompt_family(family).name]
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
         {"idx": 1, "name": "1", "path": LOGIT_SCORE_DIR,
@@ -171,7 +204,7 @@ def sentence_transformers_files(yes_id: int, no_id: int, *, write_chat_template:
         "module_output_name": "causal_logits",
         # Forwarded to tokenizer.apply_chat_template: renders (query, document) pairs as mxbai's prompt
         # without replacing the tokenizer's own chat template.
-        "processing_kwargs": {"chat_template": {"chat_template": RERANK_CHAT_TEMPLATE}},
+        "processing_kwargs": {"chat_template": {"chat_template": chat_template}},
     }
     logit_score = {"true_token_id": int(yes_id), "false_token_id": int(no_id), "module_input_name": "causal_logits"}
     st_config = {
@@ -188,7 +221,7 @@ def sentence_transformers_files(yes_id: int, no_id: int, *, write_chat_template:
         "config_sentence_transformers.json": json.dumps(st_config, indent=2) + "\n",
     }
     if write_chat_template:
-        files["chat_template.jinja"] = RERANK_CHAT_TEMPLATE
+        files["chat_template.jinja"] = chat_template
     return files
 
 
@@ -338,6 +371,7 @@ class CardFacts:
     eval_metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     evaluation: Any = None
     source: str = ""
+    prompt_family: str = MXBAI_V2
 
 
 def model_card(facts: CardFacts) -> str:
@@ -354,7 +388,9 @@ def model_card(facts: CardFacts) -> str:
              f"# {Path(mid).name or mid}", "",
              "A ProRank reranker trained with prorank-jax (JAX/Flax): a small "
              f"{c.model_type} causal LM whose relevance score for a (query, document) pair is "
-             '`logit("1") - logit("0")` at the last position of the mxbai-rerank-v2 prompt.', ""]
+             + (f'`logit("yes") - logit("no")` at the last position of the Qwen3-Reranker prompt '
+                f'(prompt family `{QWEN3_RERANKER}`).' if facts.prompt_family == QWEN3_RERANKER else
+                '`logit("1") - logit("0")` at the last position of the mxbai-rerank-v2 prompt.'), ""]
 
     parts += ["## Model", "", _table(["field", "value"], [
         ["architecture", f"{c.model_type}, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
@@ -384,53 +420,118 @@ def model_card(facts: CardFacts) -> str:
         parts += ["## Evaluation", "", "From the run's summary.json:", "", table, ""]
 
     q, d = "what is the capital of France?", ["Paris is the capital of France.", "Berlin is in Germany."]
-    parts += ["## Usage", "",
-              "Scores are raw logit differences (higher is more relevant); mxbai's `normalize=True` "
-              "maps them to (0, 1) with `sigmoid(score - estimated_max / 2)`.", "",
-              "### mxbai-rerank", "", "```python",
-              "from mxbai_rerank import MxbaiRerankV2", "",
-              f'model = MxbaiRerankV2("{mid}")',
-              'if not hasattr(model.tokenizer, "prepare_for_model"):  # transformers >= 5',
-              "    from transformers.tokenization_python import PythonBackend", "",
-              '    for name in ("prepare_for_model", "truncate_sequences"):',
-              "        setattr(type(model.tokenizer), name, getattr(PythonBackend, name))",
-              f'results = model.rank("{q}", {d!r}, return_documents=True, top_k=2)',
-              "print(results)", "```", "",
-              "mxbai-rerank 0.1.6 joins the query and document ids with "
-              "`tokenizer.prepare_for_model`, which transformers 5 removed from fast tokenizers; the `if` "
-              "block lends the tokenizer transformers' own implementation (a no-op on transformers 4).", "",
-              "### sentence-transformers", "", "```python",
-              "from sentence_transformers import CrossEncoder", "",
-              f'model = CrossEncoder("{mid}")',
-              f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
-              f'ranking = model.rank("{q}", {d!r})',
-              "print(scores, ranking)", "```", "",
-              "The folder's `sentence_bert_config.json` renders each pair with the mxbai prompt; "
-              "`prompt=...` is used as mxbai's instruction. The prompt is tokenized as one string, so a query "
-              "or document ending in punctuation or whitespace can get slightly different token ids (and "
-              "scores) than mxbai-rerank, which tokenizes the prompt pieces separately.", "",
-              "### transformers", "", "```python",
-              "import torch",
-              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              f'tokenizer = AutoTokenizer.from_pretrained("{mid}")',
-              f'model = AutoModelForCausalLM.from_pretrained("{mid}").eval()',
-              f"prefix, suffix = {CHAT_PREFIX!r}, {CHAT_SUFFIX!r}",
-              f"task = {TASK_PROMPT!r}", "",
-              "def score(query, document):",
-              '    pieces = [prefix, f"query: {query}", "\\n", f"document: {document}", "\\n", task, suffix]',
-              "    ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False).input_ids]",
-              "    with torch.no_grad():",
-              "        logits = model(torch.tensor([ids])).logits[0, -1].float()",
-              f'    yes, no = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in ("{YES_TEXT}", "{NO_TEXT}"))',
-              "    return (logits[yes] - logits[no]).item()", "",
-              f'print([score("{q}", doc) for doc in {d!r}])', "```", "",
-              "### prorank-jax", "", "```python",
+    if facts.prompt_family == QWEN3_RERANKER:
+        parts += _qwen3_usage(mid, q, d, c.model_type)
+    else:
+        parts += _mxbai_usage(mid, q, d)
+    return "\n".join(parts)
+
+
+def _mxbai_usage(mid: str, q: str, d: list[str]) -> list[str]:
+    return ["## Usage", "",
+            "Scores are raw logit differences (higher is more relevant); mxbai's `normalize=True` "
+            "maps them to (0, 1) with `sigmoid(score - estimated_max / 2)`.", "",
+            "### mxbai-rerank", "", "```python",
+            "from mxbai_rerank import MxbaiRerankV2", "",
+            f'model = MxbaiRerankV2("{mid}")',
+            'if not hasattr(model.tokenizer, "prepare_for_model"):  # transformers >= 5',
+            "    from transformers.tokenization_python import PythonBackend", "",
+            '    for name in ("prepare_for_model", "truncate_sequences"):',
+            "        setattr(type(model.tokenizer), name, getattr(PythonBackend, name))",
+            f'results = model.rank("{q}", {d!r}, return_documents=True, top_k=2)',
+            "print(results)", "```", "",
+            "mxbai-rerank 0.1.6 joins the query and document ids with "
+            "`tokenizer.prepare_for_model`, which transformers 5 removed from fast tokenizers; the `if` "
+            "block lends the tokenizer transformers' own implementation (a no-op on transformers 4).", "",
+            "### sentence-transformers", "", "```python",
+            "from sentence_transformers import CrossEncoder", "",
+            f'model = CrossEncoder("{mid}")',
+            f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
+            f'ranking = model.rank("{q}", {d!r})',
+            "print(scores, ranking)", "```", "",
+            "The folder's `sentence_bert_config.json` renders each pair with the mxbai prompt; "
+            "`prompt=...` is used as mxbai's instruction. The prompt is tokenized as one string, so a query "
+            "or document ending in punctuation or whitespace can get slightly different token ids (and "
+            "scores) than mxbai-rerank, which tokenizes the prompt pieces separately.", "",
+            "### transformers", "", "```python",
+            "import torch",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{mid}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{mid}").eval()',
+            f"prefix, suffix = {CHAT_PREFIX!r}, {CHAT_SUFFIX!r}",
+            f"task = {TASK_PROMPT!r}", "",
+            "def score(query, document):",
+            '    pieces = [prefix, f"query: {query}", "\\n", f"document: {document}", "\\n", task, suffix]',
+            "    ids = [i for p in pieces for i in tokenizer(p, add_special_tokens=False).input_ids]",
+            "    with torch.no_grad():",
+            "        logits = model(torch.tensor([ids])).logits[0, -1].float()",
+            f'    yes, no = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in ("{YES_TEXT}", "{NO_TEXT}"))',
+            "    return (logits[yes] - logits[no]).item()", "",
+            f'print([score("{q}", doc) for doc in {d!r}])', "```", "",
+            "### prorank-jax", "", "```python",
+            "from scoring.reranker import Reranker", "",
+            f'reranker = Reranker.from_pretrained("{mid}")',
+            f'print(reranker.rank("{q}", {d!r}, top_k=2))', "```", "",
+            "or from the command line: "
+            f'`prorank rank --model {mid} --query "{q}" --documents docs.txt`.', ""]
+
+
+VLLM_QWEN3_OVERRIDES = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"],
+                        "is_original_qwen3_reranker": True}
+
+
+def _qwen3_usage(mid: str, q: str, d: list[str], model_type: str) -> list[str]:
+    """Usage for a qwen3-reranker-family model: what loads a Qwen3-Reranker checkpoint loads it."""
+    overrides = json.dumps(VLLM_QWEN3_OVERRIDES)
+    parts = ["## Usage", "",
+             'Raw scores are `logit("yes") - logit("no")` (higher is more relevant); the Qwen3-Reranker '
+             'model card\'s score, the probability of "yes", is `sigmoid(score)`. The prompt, instruction '
+             "and truncation are Qwen3-Reranker's, so the code written for Qwen/Qwen3-Reranker-0.6B runs "
+             "on this folder unchanged.", "",
+             "### sentence-transformers", "", "```python",
+             "from sentence_transformers import CrossEncoder", "",
+             f'model = CrossEncoder("{mid}")',
+             f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
+             f'ranking = model.rank("{q}", {d!r})',
+             "print(scores, ranking)", "```", "",
+             "The folder's `sentence_bert_config.json` renders each pair with the Qwen3-Reranker prompt; "
+             "`prompt=...` is used as its instruction (default: the model card's web-search one). Scores are "
+             "raw logit differences (no activation).", "",
+             "### transformers (the Qwen3-Reranker model card's code)", "", "```python",
+             "import torch",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'tokenizer = AutoTokenizer.from_pretrained("{mid}", padding_side="left")',
+             f'model = AutoModelForCausalLM.from_pretrained("{mid}").eval()',
+             f"prefix, suffix = {QWEN3_PREFIX!r}, {QWEN3_SUFFIX!r}",
+             "prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)",
+             "suffix_ids = tokenizer.encode(suffix, add_special_tokens=False)",
+             'yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")',
+             "max_length = 8192", "",
+             f"def score(query, document, instruction={QWEN3_DEFAULT_INSTRUCTION!r}):",
+             '    body = f"<Instruct>: {instruction}\\n<Query>: {query}\\n<Document>: {document}"',
+             "    ids = tokenizer([body], truncation='longest_first', add_special_tokens=False,",
+             "                    max_length=max_length - len(prefix_ids) - len(suffix_ids)).input_ids[0]",
+             "    with torch.no_grad():",
+             "        logits = model(torch.tensor([prefix_ids + ids + suffix_ids])).logits[0, -1].float()",
+             "    return (logits[yes] - logits[no]).item()", "",
+             f'print([score("{q}", doc) for doc in {d!r}])', "```", ""]
+    if model_type == "qwen3":
+        parts += ["### vLLM", "",
+                  "vLLM serves it as it serves Qwen3-Reranker, as a sequence classifier built from the "
+                  '"no" / "yes" rows of the LM head (its score is `sigmoid(score)` above):', "",
+                  "```bash",
+                  f"vllm serve {mid} --hf_overrides '{overrides}'", "```", "", "```python",
+                  "from vllm import LLM", "",
+                  f'model = LLM(model="{mid}", runner="pooling", hf_overrides={VLLM_QWEN3_OVERRIDES!r})', "```", "",
+                  "Format the query as `prefix + \"<Instruct>: {instruction}\\n<Query>: {query}\\n\"` and each "
+                  "document as `\"<Document>: {doc}\" + suffix`, with the prefix and suffix above.", ""]
+    parts += ["### prorank-jax", "", "```python",
               "from scoring.reranker import Reranker", "",
-              f'reranker = Reranker.from_pretrained("{mid}")',
+              f'reranker = Reranker.from_pretrained("{mid}")  # prompt family from prorank.json',
               f'print(reranker.rank("{q}", {d!r}, top_k=2))', "```", "",
               "or from the command line: "
               f'`prorank rank --model {mid} --query "{q}" --documents docs.txt`.', ""]
-    return "\n".join(parts)
+    return parts
 
 
 def parse_front_matter(card: str) -> dict:
@@ -462,17 +563,17 @@ def check_pairs(limit: int = 8) -> list[tuple[str, str]]:
 
 
 def score_pairs(config: ModelConfig, params, tokenizer, pairs: Sequence[tuple[str, str]],
-                max_length: int = 512) -> np.ndarray:
-    """Float32 scores of pairs (mxbai prompt, float32 compute) with scoring.score.rerank_scores."""
+                max_length: int = 512, family: str = MXBAI_V2) -> np.ndarray:
+    """Float32 scores of pairs (the family's prompt, float32 compute) with scoring.score.rerank_scores."""
     import jax
     import jax.numpy as jnp
 
-    from prorank_jax.prompts import RerankPrompt, left_pad
+    from prorank_jax.prompts import left_pad, make_prompt
     from scoring.score import rerank_scores
 
     config = config.replace(dtype="float32", param_dtype="float32")
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
-    prompt = RerankPrompt(tokenizer, max_length, config.max_position_embeddings)
+    prompt = make_prompt(family, tokenizer, max_length, config.max_position_embeddings)
     encoded = prompt.encode_batch([q for q, _ in pairs], [d for _, d in pairs])
     ids, mask = left_pad([e.input_ids for e in encoded], max(len(e) for e in encoded),
                          tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -505,20 +606,21 @@ class CheckResult:
 
 
 def self_check(folder: Path, config: ModelConfig, params, tokenizer_dir: Path, dtype: str,
-               pairs: Sequence[tuple[str, str]] | None = None, atol: float = CHECK_ATOL) -> CheckResult:
+               pairs: Sequence[tuple[str, str]] | None = None, atol: float = CHECK_ATOL,
+               family: str = MXBAI_V2) -> CheckResult:
     """Score pairs with the written folder (hf.load + its own tokenizer files) and with the
     checkpoint's params (rounded to `dtype`, with the source tokenizer); raise on mismatch."""
     from prorank_jax.pretrained import load_tokenizer
 
     pairs = list(pairs or check_pairs())
     source_tok = load_tokenizer(tokenizer_dir, config)
-    expected = score_pairs(config, _round_to(params, dtype), source_tok, pairs)
+    expected = score_pairs(config, _round_to(params, dtype), source_tok, pairs, family=family)
     drift = 0.0
     if dtype != "float32":
-        drift = float(np.max(np.abs(score_pairs(config, params, source_tok, pairs) - expected)))
+        drift = float(np.max(np.abs(score_pairs(config, params, source_tok, pairs, family=family) - expected)))
     try:
         re_config, re_params = hf.load(folder, param_dtype="float32")
-        got = score_pairs(re_config, re_params, load_tokenizer(folder), pairs)
+        got = score_pairs(re_config, re_params, load_tokenizer(folder), pairs, family=detect_prompt_family(folder))
     except Exception as err:  # any failure to read the folder back is a failed check
         raise ExportCheckError(f"{folder}: the written folder could not be reloaded and scored: "
                                f"{type(err).__name__}: {err}") from err
@@ -594,6 +696,7 @@ def export_hf(
     push_to_hub: str | None = None,
     overwrite: bool = False,
     pairs: Sequence[tuple[str, str]] | None = None,
+    prompt_family: str | None = None,
 ) -> ExportResult:
     """Write the HF / mxbai / sentence-transformers folder of a checkpoint (see the module docstring).
 
@@ -601,6 +704,8 @@ def export_hf(
     tokenizer: tokenizer folder, default the run's tokenizer/ (or the HF folder's own files).
     push_to_hub: a repo id to upload the folder to afterwards (needs HF_TOKEN).
     pairs: (query, document) pairs for the self-check; default a few bundled ones.
+    prompt_family: force the family; default the checkpoint's (prompts.detect_prompt_family). It is
+    written to the folder's prorank.json, and fixes its sentence-transformers template and card.
     The folder is assembled and self-checked beside out_dir and renamed into place only
     when the check passes; an existing non-empty out_dir needs overwrite=True.
     """
@@ -625,10 +730,14 @@ def export_hf(
         raise ExportError(f"{tokenizer_dir}: --tokenizer folder has no tokenizer.json / vocab.json")
 
     from prorank_jax.pretrained import load_tokenizer
-    from prorank_jax.prompts import RerankPrompt
 
     try:
-        prompt = RerankPrompt(load_tokenizer(tokenizer_dir, config), None, config.max_position_embeddings)
+        family = detect_prompt_family(checkpoint, prompt_family)
+    except ValueError as err:
+        raise ExportError(f"{checkpoint}: {err}") from None
+    try:
+        prompt = _prompt_family(family).prompt(load_tokenizer(tokenizer_dir, config), None,
+                                               config.max_position_embeddings)
     except ValueError as err:
         raise ExportError(f"{tokenizer_dir}: tokenizer unfit for the reranking prompt: {err}") from None
 
@@ -648,13 +757,15 @@ def export_hf(
         step=step, total_steps=loop.get("steps"), train_step=train_step, train_metrics=train_metrics,
         eval_step=eval_step, eval_metrics=eval_metrics,
         evaluation=summary.get("eval", summary.get("evaluation")) if isinstance(summary, Mapping) else None,
-        source=str(checkpoint) + (f" (step {step})" if step is not None else ""),
+        source=str(checkpoint) + (f" (step {step})" if step is not None else ""), prompt_family=family,
     )
     st_files = sentence_transformers_files(prompt.yes_id, prompt.no_id,
-                                           write_chat_template=not tokenizer_has_chat_template(tokenizer_dir))
+                                           write_chat_template=not tokenizer_has_chat_template(tokenizer_dir),
+                                           family=family)
     flat = {name: text for name, text in st_files.items() if "/" not in name}
     nested = {name: text for name, text in st_files.items() if "/" in name}
     flat["README.md"] = model_card(facts)
+    flat[PRORANK_FILE] = prorank_file_text(family)
 
     # Stage beside out_dir: hf.save assembles the folder atomically at the staging name,
     # the sentence-transformers sub-folder is added, the folder is checked, then renamed.
@@ -666,7 +777,7 @@ def export_hf(
         for name, text in nested.items():
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             (staged / name).write_text(text)
-        check = self_check(staged, config, params, tokenizer_dir, dtype, pairs)
+        check = self_check(staged, config, params, tokenizer_dir, dtype, pairs, family=family)
         hf._replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)

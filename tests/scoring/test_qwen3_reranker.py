@@ -188,3 +188,60 @@ def test_family_of_a_folder(tiny, tmp_path):
         prompts.detect_prompt_family(plain)
     loaded = Reranker.from_pretrained(tok_dir, dtype="float32", show_progress=False)
     assert loaded.family.name == "qwen3-reranker" and loaded.prompt.yes_id == tiny[1].convert_tokens_to_ids("yes")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    from prorank_jax.export import export_hf
+
+    out = tmp_path_factory.mktemp("export") / "qwen3-prorank-tiny"
+    export_hf(tiny[0], out)  # the family is detected from the folder (a Qwen3-Reranker name)
+    return out
+
+
+def test_export_records_the_family(exported):
+    from prorank_jax.export import parse_front_matter
+
+    assert json.loads((exported / "prorank.json").read_text()) == {"prompt_family": "qwen3-reranker"}
+    assert prompts.detect_prompt_family(exported) == "qwen3-reranker"
+    card = (exported / "README.md").read_text()
+    parse_front_matter(card)
+    assert 'logit("yes") - logit("no")' in card and "### mxbai-rerank" not in card
+    # vLLM's documented override for Qwen3-Reranker checkpoints
+    assert '"classifier_from_token": ["no", "yes"]' in card and '"is_original_qwen3_reranker": true' in card
+    assert '"architectures": ["Qwen3ForSequenceClassification"]' in card
+
+
+def test_sentence_transformers_cross_encoder(exported, rerankers):
+    """CrossEncoder on the exported folder feeds the model the card's ids and gives our scores and order."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.modules import LogitScore
+
+    ours = rerankers(8192, False)
+    ce = CrossEncoder(str(exported))
+    assert isinstance(ce[1], LogitScore)
+    assert (ce[1].true_token_id, ce[1].false_token_id) == (ours.prompt.yes_id, ours.prompt.no_id)
+    query = QUERIES[0]
+    docs = DOCUMENTS
+    for instruction in INSTRUCTIONS:
+        features = ce[0].preprocess([(query, d) for d in docs], prompt=instruction)
+        mask = features["attention_mask"].numpy().astype(bool)
+        got_ids = [row[m].tolist() for row, m in zip(features["input_ids"].numpy(), mask)]
+        want = ours.prompt.encode_batch([query] * len(docs), docs, instruction=instruction)
+        assert got_ids == [list(e.input_ids) for e in want]
+        theirs = ce.predict([(query, d) for d in docs], prompt=instruction)
+        np.testing.assert_allclose(theirs, ours.predict([query] * len(docs), docs, instruction=instruction),
+                                   atol=1e-4, rtol=0)
+    assert [r["corpus_id"] for r in ce.rank(query, docs)] == [r.index for r in ours.rank(query, docs)]
+
+
+def test_card_transformers_snippet(exported, rerankers):
+    import re
+
+    card = (exported / "README.md").read_text()
+    section = card.split("### transformers (the Qwen3-Reranker model card's code)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace('"qwen3-prorank-tiny"', repr(str(exported)))
+    printed = []
+    exec(compile(code, "card", "exec"), {"print": lambda *a: printed.append(a), "__name__": "snippet"})
+    docs = ["Paris is the capital of France.", "Berlin is in Germany."]
+    np.testing.assert_allclose(printed[0][0], rerankers(8192, False).predict([QUERIES[0]] * 2, docs), atol=1e-4)

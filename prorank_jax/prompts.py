@@ -479,9 +479,10 @@ def detect_prompt_family(folder: str | os.PathLike, override: str | None = None)
     1. `override` (what the user forces: a config's prompt_family, --prompt-family);
     2. prorank.json's "prompt_family" (HF folders this library saves or exports);
     3. run_config.json's "prompt_family" (a prorank run folder);
-    4. a Qwen3-Reranker checkpoint by name: "qwen3-reranker" (any case) in the folder's path
-       (a hub cache path such as .../models--Qwen--Qwen3-Reranker-0.6B/snapshots/...) or in
-       config.json's "_name_or_path", with model_type "qwen3" where config.json says;
+    4. a Qwen3-Reranker checkpoint by name: "qwen3-reranker" (any case) in the folder's name,
+       in a hub cache path's models--Org--Name part (.../models--Qwen--Qwen3-Reranker-0.6B/
+       snapshots/<hash>) or in config.json's "_name_or_path", with model_type "qwen3" where
+       config.json says;
     5. mxbai-v2.
     A malformed prorank.json / run_config.json or an unknown name is an error naming the file.
     """
@@ -504,7 +505,10 @@ def detect_prompt_family(folder: str | os.PathLike, override: str | None = None)
             config = json.loads((folder / "config.json").read_text())
         except json.JSONDecodeError:
             config = {}
-    names = [str(folder.resolve()), str(config.get("_name_or_path") or "")]
+    # the folder's own name and a hub cache's models--Org--Name (not every parent folder's name)
+    resolved = folder.resolve()
+    names = [resolved.name, str(config.get("_name_or_path") or "")]
+    names += [part for part in resolved.parts if part.startswith("models--")]
     if any(QWEN3_RERANKER_HINT in n.lower() for n in names) and config.get("model_type", "qwen3") == "qwen3":
         return QWEN3_RERANKER
     return DEFAULT_PROMPT_FAMILY

@@ -245,3 +245,17 @@ def test_card_transformers_snippet(exported, rerankers):
     exec(compile(code, "card", "exec"), {"print": lambda *a: printed.append(a), "__name__": "snippet"})
     docs = ["Paris is the capital of France.", "Berlin is in Germany."]
     np.testing.assert_allclose(printed[0][0], rerankers(8192, False).predict([QUERIES[0]] * 2, docs), atol=1e-4)
+
+
+def test_family_from_a_hub_cache_path(tmp_path):
+    snapshot = tmp_path / "qwen3-reranker-runs" / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    assert prompts.detect_prompt_family(snapshot) == "qwen3-reranker"
+    # a parent folder's name alone says nothing about the model
+    other = tmp_path / "qwen3-reranker-runs" / "mxbai"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    assert prompts.detect_prompt_family(other) == "mxbai-v2"
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert prompts.detect_prompt_family(snapshot) == "mxbai-v2"

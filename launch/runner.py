@@ -27,6 +27,7 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
     config, and handle --dry-run (returns None then)."""
     from launch import config as cfglib
     from prorank_jax.data.pipeline import DataConfig
+    from prorank_jax.prompts import prompt_family
 
     sections = dict(
         model=cfglib.section(raw, "model", ModelSource),
@@ -37,8 +38,10 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
         loop=cfglib.section(raw, "loop", training.LoopConfig),
         mesh=cfglib.section(raw, "mesh", training.MeshConfig),
     )
-    resolved = cfglib.resolved(raw, **sections)
-    resolved["prompt_family"] = run_prompt_family(raw, sections["model"])
+    family = run_prompt_family(raw, sections["model"])
+    if "grpo" in sections:
+        sections["grpo"] = family_answers(sections["grpo"], prompt_family(family), raw)
+    resolved = dict(cfglib.resolved(raw, **sections), prompt_family=family)
     cfglib.print_resolved(resolved)
     if dry_run:
         from launch.dry_run import print_dry_run
@@ -67,6 +70,21 @@ def run_prompt_family(raw: dict, model_source: ModelSource) -> str:
         return DEFAULT_PROMPT_FAMILY
     except ValueError as err:
         raise cfglib.RunConfigError(f"{source}: {err}") from None
+
+
+def family_answers(grpo, family, raw: dict):
+    """GRPOConfig with allowed_labels = the prompt family's (no, yes) answers, which stage 1's
+    rewards accept and its labels are written in; a config that sets other ones is an error."""
+    given = (raw.get("grpo") or {}).get("allowed_labels")
+    if given is not None and tuple(given) != family.answer_texts:
+        from launch.config import RunConfigError
+
+        raise RunConfigError(
+            f"{raw.get('_source', 'config')}: grpo.allowed_labels={list(given)} disagrees with prompt_family "
+            f"{family.name!r}, whose answers are {list(family.answer_texts)} (not relevant, relevant); "
+            "leave allowed_labels out to take the family's"
+        )
+    return grpo.replace(allowed_labels=family.answer_texts)
 
 
 def _int_env(name: str, low: int, high: int | None = None) -> int:

@@ -47,8 +47,6 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
         return {}
     sections, resolved = prepared
     family = prompt_family(resolved["prompt_family"])
-    sections["grpo"] = family_answers(sections["grpo"], family, raw)
-    resolved["grpo"]["allowed_labels"] = list(sections["grpo"].allowed_labels)
     out_dir = Path(raw.get("out_dir") or "runs/grpo")
     run = start_run(out_dir=out_dir, model_source=sections["model"], optimizer=sections["optimizer"],
                     loop=sections["loop"], mesh=sections["mesh"], resolved_config=resolved,
@@ -90,19 +88,6 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"[prorank] stage 1 done: {json.dumps(summary)}", flush=True)
     return summary
-
-
-def family_answers(grpo, family, raw: dict):
-    """GRPOConfig with allowed_labels = the prompt family's (no, yes) answers, which stage 1's
-    rewards accept and its labels are written in; a config that sets other ones is an error."""
-    given = (raw.get("grpo") or {}).get("allowed_labels")
-    if given is not None and tuple(given) != family.answer_texts:
-        raise cfglib.RunConfigError(
-            f"{raw.get('_source', 'config')}: grpo.allowed_labels={list(given)} disagrees with prompt_family "
-            f"{family.name!r}, whose answers are {list(family.answer_texts)} (not relevant, relevant); "
-            "leave allowed_labels out to take the family's"
-        )
-    return grpo.replace(allowed_labels=family.answer_texts)
 
 
 def repeat_forever(data):

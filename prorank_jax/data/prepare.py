@@ -197,7 +197,7 @@ def _finish(pairs: list[PairExample], groups: list[GroupExample], options: Prepa
     groups, groups_dup, groups_bad = dedupe_groups(groups)
     removed = {
         "duplicate_pairs": pairs_dup,
-        "pairs_over_label_balance": before - len(pairs),
+        "pair_negatives_over_label_balance": before - len(pairs),
         "duplicate_groups": groups_dup,
         "groups_with_positive_text_as_negative": groups_bad,
     }

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ class SuiteReport:
         lines = [f"first stage: {self.first_stage.get('describe', self.first_stage)}; "
                  f"depth: top {self.top_k} reranked per query"]
         for d in self.datasets:
-            cut = ", ".join(f"{label}: {t['documents']} documents / {t['queries']} queries truncated"
+            cut = "; ".join(f"{label}: {t['documents']} pairs with the document truncated, {t['queries']} with the query"
                             for label, t in d.truncated.items())
             report = next(iter(d.reports.values()))
             lines.append(f"{d.name}: {report.n_queries} queries, {report.n_pairs} pairs; "
@@ -120,6 +121,16 @@ def dataset_names(folders: Sequence[str | os.PathLike]) -> list[str]:
         depth += 1
 
 
+def label_dirs(labels: Sequence[str]) -> dict[str, str]:
+    """A folder name per reranker label (labels are often model paths): unsafe characters become
+    "_", and a clash gets the label's position appended."""
+    out: dict[str, str] = {}
+    for i, label in enumerate(labels):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_.") or "model"
+        out[label] = name if name not in out.values() else f"{name}_{i}"
+    return out
+
+
 def truncation(reranker, queries: list[str], documents: list[str], instruction: str | None) -> dict[str, int]:
     """Pairs whose query / document the reranker's prompt cuts (counted on the prompts it builds)."""
     prompt = getattr(reranker, "prompt", None)
@@ -146,7 +157,8 @@ def evaluate_suite(
     rerankers: label -> reranker (anything `evaluate` accepts); two labels give the side by
     side comparison. on_dataset(index, name, pairs) is called before each dataset (the CLI
     prints a header above that dataset's progress bar). With out_dir, each dataset and
-    reranker gets evaluate's files under out_dir/NAME/LABEL/, and suite.md / suite.json
+    reranker gets evaluate's files under out_dir/NAME/LABEL/ (LABEL made a safe folder name,
+    see label_dirs), and suite.md / suite.json
     are written at the top.
     """
     if not rerankers:
@@ -157,11 +169,12 @@ def evaluate_suite(
     names = dataset_names(folders)
     data_sets = [load_beir(folder, split) for folder in folders]  # all data errors before any model runs
     results = []
+    sub_dirs = label_dirs(list(rerankers))
     for index, (name, folder, data) in enumerate(zip(names, folders, data_sets)):
         _, run = first_stage_run(data, None, top_k, bm25)  # once: every reranker sees the same candidates
         reports, truncated = {}, {}
         for label, reranker in rerankers.items():
-            sub_dir = None if out_dir is None else Path(out_dir) / name / label
+            sub_dir = None if out_dir is None else Path(out_dir) / name / sub_dirs[label]
             if on_dataset is not None and label == next(iter(rerankers)):
                 on_dataset(index, name, sum(min(len(docs), top_k) for q, docs in run.items() if q in data.queries))
             reports[label] = evaluate(reranker, data, split, run=run, top_k=top_k, out_dir=sub_dir,
@@ -190,4 +203,4 @@ def write_suite(suite: SuiteReport, out_dir: Path) -> dict[str, Path]:
     return files
 
 
-__all__ = ["DatasetResult", "SuiteReport", "dataset_names", "evaluate_suite", "write_suite"]
+__all__ = ["DatasetResult", "SuiteReport", "dataset_names", "evaluate_suite", "label_dirs", "write_suite"]

@@ -9,7 +9,7 @@ import pytest
 from launch.evaluate import main as evaluate_main
 from prorank_jax.data import write_jsonl
 from scoring.evaluate import evaluate
-from scoring.evaluate_suite import dataset_names, evaluate_suite
+from scoring.evaluate_suite import dataset_names, evaluate_suite, label_dirs
 from scoring.first_stage import BM25Settings
 from scoring.reranker import Reranker
 from tests.helpers.hf_models import make_hf_model
@@ -129,3 +129,8 @@ def test_dataset_names_stay_distinct(tmp_path):
     assert dataset_names([tmp_path / "a" / "scifact", tmp_path / "b" / "scifact"]) == ["a/scifact", "b/scifact"]
     with pytest.raises(ValueError, match="given twice"):
         dataset_names([tmp_path / "x", tmp_path / "x"])
+
+
+def test_reranker_labels_become_safe_folder_names():
+    assert label_dirs(["/abs/model", "runs/score", "runs_score", "m0"]) == {
+        "/abs/model": "abs_model", "runs/score": "runs_score", "runs_score": "runs_score_2", "m0": "m0"}

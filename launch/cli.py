@@ -12,6 +12,7 @@ COMMANDS = {
     "demo": ("launch.demo", "run the bundled tiny end-to-end demo"),
     "rank": ("launch.rank", "rerank the documents of a file for one query"),
     "evaluate": ("launch.evaluate", "rerank a first-stage run on a BEIR split and compare"),
+    "prepare-data": ("launch.prepare_data", "write stage-1 pairs and stage-2 groups from a BEIR split or HF dataset"),
     "train-grpo": ("launch.train_grpo", "stage 1: GRPO prompt warmup"),
     "export-hf": ("launch.export_hf", "export a checkpoint for transformers / mxbai-rerank / sentence-transformers"),
     "train-score": ("launch.train_score", "stage 2: fine-grained score learning"),

@@ -72,6 +72,7 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
     from prorank_jax.pretrained import bundled_warm_start_dir
     from prorank_jax.export import export_hf
     from scoring.evaluate import RERANKED, evaluate
+    from scoring.first_stage import BM25Settings
     from scoring.metrics import format_metrics_table
     from scoring.reranker import Reranker
 
@@ -89,8 +90,9 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
     models = (("warm start", bundled_warm_start_dir(), bundled_tokenizer_dir()), ("stage 1 (GRPO)", grpo_dir, None),
               ("stage 2 (score)", score_dir, None))
     for name, run_dir, tokenizer in models:
+        # unstemmed BM25: the analyser the README's demo table was measured with (stemmed is the default)
         report = evaluate(Reranker.from_pretrained(run_dir, tokenizer=tokenizer, show_progress=False), data,
-                          top_k=top_k, out_dir=out / "eval" / run_dir.name)
+                          top_k=top_k, out_dir=out / "eval" / run_dir.name, bm25=BM25Settings("unstemmed"))
         rows.setdefault(f"BM25 (first stage)", report.metrics[report.first_stage])
         rows[f"BM25 + {name}"] = report.metrics[RERANKED]
 

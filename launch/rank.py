@@ -77,9 +77,10 @@ def format_ranking(results, lines: list[int]) -> str:
     return "\n".join([header, *rows])
 
 
-def add_reranker_args(parser: argparse.ArgumentParser) -> None:
+def add_reranker_args(parser: argparse.ArgumentParser, *, several_models: bool = False) -> None:
     """The options `rank` and `evaluate` share: which model, and how it reads the prompt."""
-    parser.add_argument("--model", required=True, help="HF model folder or prorank run folder")
+    parser.add_argument("--model", required=True, action="append" if several_models else "store",
+                        help="HF model folder or prorank run folder" + (" (twice: compare two)" if several_models else ""))
     parser.add_argument("--instruction", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=8192,

@@ -6,7 +6,8 @@
 Choices (the usual reranking-evaluation protocol, made explicit):
   * First stage: a TREC run file (document ids checked against the corpus; an unknown id
     is a DataError naming the file and line), a {query_id: {doc_id: score}} dict, or, when
-    no run is given, BM25 top_k from scoring.first_stage.bm25_run.
+    no run is given, BM25 top_k (scoring.first_stage.BM25Settings; stemmed English by
+    default), whose settings the report and metrics.json carry.
   * Candidates: each query's first-stage top_k in trec_eval order (score descending, ties
     by doc id descending), as scoring.first_stage.rerank_candidates gives them.
   * The reranked run holds exactly those top_k candidates with the reranker's scores.
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prorank_jax.data import BeirData, load_beir, read_run, write_run
-from scoring.first_stage import bm25_run, rerank_candidates
+from scoring.first_stage import BM25Settings, rerank_candidates
 from scoring.metrics import (
     evaluate_run,
     format_metrics_table,
@@ -65,6 +66,7 @@ class EvaluationReport:
     n_queries: int
     n_pairs: int
     files: dict[str, Path] = field(default_factory=dict)
+    first_stage_settings: dict[str, Any] = field(default_factory=dict)  # BM25's settings, or the run file
 
     def table(self, digits: int = 4) -> str:
         return format_metrics_table(self.metrics, digits)
@@ -83,10 +85,10 @@ def check_run_documents(run: Mapping[str, Mapping[str, float]], corpus: Mapping[
         raise ValueError(f"run names {len(unknown)} documents that are not in the corpus (query/doc): {preview}{more}")
 
 
-def first_stage_run(data: BeirData, run: Any, top_k: int) -> tuple[str, Run]:
-    """(system name, run) from a path, a dict, or None for BM25 top_k."""
+def first_stage_run(data: BeirData, run: Any, top_k: int, bm25: BM25Settings | None = None) -> tuple[str, Run]:
+    """(system name, run) from a path, a dict, or None for BM25 top_k (default BM25Settings())."""
     if run is None:
-        return "bm25", bm25_run(data.corpus, data.queries, top_k)
+        return "bm25", (bm25 or BM25Settings()).run(data.corpus, data.queries, top_k)
     if isinstance(run, (str, os.PathLike)):
         return "first-stage", read_run(run, corpus_ids=data.corpus)
     if isinstance(run, Mapping):
@@ -131,6 +133,7 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     instruction: str | None = None,
     batch_size: int | None = None,
+    bm25: BM25Settings | None = None,
 ) -> EvaluationReport:
     """Rerank the first stage's top_k per query and evaluate both (see the module docstring).
 
@@ -139,7 +142,7 @@ def evaluate(
     """
     if not isinstance(data, BeirData):
         data = load_beir(data, split)
-    name, first = first_stage_run(data, run, top_k)
+    name, first = first_stage_run(data, run, top_k, bm25)
     candidates = rerank_candidates(rerankable(first, data.queries), top_k)
     pairs = candidate_pairs(candidates)
     scores = reranker.predict(
@@ -162,10 +165,17 @@ def evaluate(
         top_k=top_k,
         n_queries=len(candidates),
         n_pairs=len(pairs),
+        first_stage_settings=first_stage_settings(run, bm25),
     )
     if out_dir is not None:
         report.files.update(write_report(report, Path(out_dir), split=split, instruction=instruction))
     return report
+
+
+def first_stage_settings(run: Any, bm25: BM25Settings | None) -> dict[str, Any]:
+    if run is None:
+        return (bm25 or BM25Settings()).as_dict()
+    return {"run": os.fspath(run) if isinstance(run, (str, os.PathLike)) else "given as a dict"}
 
 
 def write_report(report: EvaluationReport, out_dir: Path, *, split: str, instruction: str | None) -> dict[str, Path]:
@@ -183,6 +193,7 @@ def write_report(report: EvaluationReport, out_dir: Path, *, split: str, instruc
         {
             "split": split,
             "first_stage": report.first_stage,
+            "first_stage_settings": report.first_stage_settings,
             "top_k": report.top_k,
             "instruction": instruction,
             "n_queries": report.n_queries,

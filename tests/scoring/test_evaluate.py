@@ -11,7 +11,7 @@ import pytrec_eval
 
 from prorank_jax.data import DataError, load_beir, read_run, write_jsonl
 from scoring.evaluate import evaluate
-from scoring.first_stage import bm25_run, rerank_candidates
+from scoring.first_stage import BM25Settings, bm25_run, rerank_candidates
 from scoring.reranker import Reranker
 from tests.helpers.hf_models import make_hf_model
 from tests.helpers.tokenizer import build_test_tokenizer
@@ -139,7 +139,9 @@ def test_bm25_first_stage_and_instruction(reranker, beir_dir, tmp_path):
     instruction = "find passages that answer the question"
     report = evaluate(reranker, data, run=None, top_k=3, instruction=instruction)
     assert report.first_stage == "bm25" and report.measures == ("nDCG@10", "RR@10", "AP", "R@3")
-    bm25 = bm25_run(data.corpus, data.queries, 3)
+    # the default first stage is the stemmed analyser, and the report says so
+    assert report.first_stage_settings == BM25Settings("stemmed").as_dict()
+    bm25 = bm25_run(data.corpus, data.queries, 3, stemmer=BM25Settings("stemmed").stemmer())
     assert report.runs["bm25"] == bm25
     for qid, docs in rerank_candidates(bm25, 3).items():
         expected = reranker.predict([data.queries[qid]] * len(docs), [data.corpus[d] for d in docs],

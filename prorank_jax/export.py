@@ -430,6 +430,9 @@ def model_card(facts: CardFacts) -> str:
               f'print(reranker.rank("{q}", {d!r}, top_k=2))', "```", "",
               "or from the command line: "
               f'`prorank rank --model {mid} --query "{q}" --documents docs.txt`.', ""]
+    from prorank_jax.export_seq_cls import serving_section
+
+    parts += serving_section(mid, c.model_type, seq_cls=False)
     return "\n".join(parts)
 
 

@@ -138,7 +138,8 @@ class DynamicBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.observer = observer or BatchObserver()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # every shape compiled
+        self.settled = threading.Event()  # warm-up over, compiled or failed
         self.warmup_seconds: float | None = None
         self.warmup_error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -171,6 +172,8 @@ class DynamicBatcher:
         except BaseException as err:  # reported by /health; the worker still answers jobs with it
             log.exception("warm-up failed")
             self.warmup_error = err
+        finally:
+            self.settled.set()
         stopping = False
         while not stopping:
             first = self._queue.get()

@@ -242,7 +242,9 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
         await run_in_threadpool(batcher.stop)
 
     async def _announce_ready():
-        await run_in_threadpool(batcher.ready.wait)
+        await run_in_threadpool(batcher.settled.wait)
+        if not batcher.ready.is_set():
+            return
         metrics.mark_ready(len(ladder.shapes), batcher.warmup_seconds or 0.0)
         log.info("ready: %d batch shapes compiled in %.1f s", len(ladder.shapes), batcher.warmup_seconds or 0.0)
 

@@ -74,7 +74,8 @@ def test_seq_cls_export_scores_equal_the_reranker(source, untied_qwen3, tmp_path
     assert tensors[SCORE_WEIGHT].shape == (1, config["hidden_size"]) and "lm_head.weight" not in tensors
     # the score row is W["1"] - W["0"] of the source head (the embedding when tied)
     source_tensors = read_safetensors(model_dir / "model.safetensors")
-    reference = Reranker.from_pretrained(model_dir, tokenizer=tok_dir, dtype="float32", show_progress=False)
+    reference = Reranker.from_pretrained(model_dir, tokenizer=tok_dir, dtype="float32", show_progress=False,
+                                         reuse_prefix=False, pack_tokens=False)  # one program per call
     head = source_tensors.get("lm_head.weight", source_tensors["model.embed_tokens.weight"])
     yes, no = reference.prompt.yes_id, reference.prompt.no_id
     np.testing.assert_allclose(tensors[SCORE_WEIGHT][0], head[yes] - head[no], atol=1e-6, rtol=0)

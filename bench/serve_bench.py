@@ -5,12 +5,13 @@
 Both sides answer the same rerank requests (one query, --docs documents each, texts from the
 bundled data as in bench/predict_bench.py) with the same random Qwen2.5-0.5B-shaped model:
 
-* direct: Reranker.predict(normalize=True) per request, one after the other, in this process
+* direct: Reranker.predict per request, one after the other, in this process
   (the Reranker's defaults: shared-prefix reuse and packed tokens on CPU), after one
   untimed pass over all requests so that every shape is compiled;
 * server: `prorank serve` as a subprocess (its start-up time to /health 200 and its compile
   count are reported), --clients threads each sending its share of the requests with httpx
-  to /v2/rerank, after the same untimed pass.
+  to /v2/rerank (raw_scores, so the comparison sees the raw logit differences), after the
+  same untimed pass.
 
 Latency is per request (seconds from send to answer); throughput is pairs per second over
 the whole timed pass. The server's scores are checked against the direct ones.
@@ -85,13 +86,13 @@ def main(argv=None) -> None:
 
     # ---------------------------------------------------------------- direct
     start = time.perf_counter()
-    expected = [reranker.predict([q] * len(d), d, normalize=True) for q, d in requests]
+    expected = [reranker.predict([q] * len(d), d) for q, d in requests]
     direct_warm = time.perf_counter() - start
     latencies = []
     start = time.perf_counter()
     for q, d in requests:
         t = time.perf_counter()
-        reranker.predict([q] * len(d), d, normalize=True)
+        reranker.predict([q] * len(d), d)
         latencies.append(time.perf_counter() - t)
     direct_total = time.perf_counter() - start
     direct = (pairs / direct_total, percentile(latencies, 50), percentile(latencies, 99))
@@ -123,7 +124,7 @@ def main(argv=None) -> None:
         def send(http, i):
             q, d = requests[i]
             t = time.perf_counter()
-            r = http.post("/v2/rerank", json={"query": q, "documents": d})
+            r = http.post("/v2/rerank", json={"query": q, "documents": d, "raw_scores": True})
             r.raise_for_status()
             results = r.json()["results"]
             got = np.zeros(len(d), np.float32)

@@ -16,6 +16,7 @@ COMMANDS = {
     "train-grpo": ("launch.train_grpo", "stage 1: GRPO prompt warmup"),
     "export-hf": ("launch.export_hf", "export a checkpoint for transformers / mxbai-rerank / sentence-transformers"),
     "train-score": ("launch.train_score", "stage 2: fine-grained score learning"),
+    "serve": ("launch.serve", "serve a reranker over HTTP (Cohere / Jina / TEI rerank APIs)"),
 }
 
 

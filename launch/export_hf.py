@@ -5,6 +5,10 @@ mxbai-rerank and sentence-transformers (CrossEncoder), with a model card.
 folder. The folder is written atomically and only after reloading it reproduces the
 checkpoint's scores (see prorank_jax/export.py). --push-to-hub REPO_ID uploads it
 afterwards; it needs HF_TOKEN in the environment.
+
+--format seq-cls writes a one-label Qwen2/Qwen3ForSequenceClassification folder instead
+(score.weight = W["1"] - W["0"], the rerank chat template), which vLLM and Infinity serve
+as a classifier (see prorank_jax/export_seq_cls.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
                         help="force the prompt family (default: the checkpoint's, see README 'Prompt families')")
+    parser.add_argument("--format", choices=("causal-lm", "seq-cls"), default="causal-lm",
+                        help="causal-lm (default): transformers / mxbai-rerank / sentence-transformers folder; "
+                             "seq-cls: one-label sequence classifier for vLLM / Infinity")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
                         help="upload the folder to this Hub repo afterwards (needs HF_TOKEN)")
     return parser.parse_args(argv)
@@ -39,6 +46,14 @@ def main(argv: list[str]) -> int:
     from prorank_jax.export import ExportCheckError, ExportError, export_hf
 
     try:
+        if args.format == "seq-cls":
+            if args.push_to_hub:
+                raise ExportError("--push-to-hub is not supported with --format seq-cls; upload the folder yourself")
+            from prorank_jax.export_seq_cls import export_seq_cls
+
+            export_seq_cls(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
+                           overwrite=args.overwrite, prompt_family=args.prompt_family)
+            return 0
         export_hf(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
                   license=args.license, base_model=args.base_model, push_to_hub=args.push_to_hub,
                   overwrite=args.overwrite, prompt_family=args.prompt_family)

@@ -424,6 +424,9 @@ def model_card(facts: CardFacts) -> str:
         parts += _qwen3_usage(mid, q, d, c.model_type)
     else:
         parts += _mxbai_usage(mid, q, d)
+        from prorank_jax.export_seq_cls import serving_section
+
+        parts += serving_section(mid, c.model_type, seq_cls=False)
     return "\n".join(parts)
 
 

@@ -1,0 +1,113 @@
+"""`prorank serve`: a rerank HTTP server speaking the Cohere / Jina (/v1/rerank, /v2/rerank)
+and Hugging Face TEI (/rerank) APIs, with /health, /info, /metrics and OpenAPI at /docs.
+
+    prorank serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-length L]
+                  [--max-batch-tokens N] [--max-wait-ms T] [--max-documents N] [--api-key-file F]
+
+--model is an HF reranker folder or a prorank run folder (as Reranker.from_pretrained), or
+`bundled_warm_start` for the bundled tiny model. Concurrent requests are merged into batches
+of at most --max-batch-tokens padded tokens, waiting at most --max-wait-ms for company. All
+batch shapes are compiled before /health answers 200. SIGTERM (or Ctrl-C) stops accepting
+connections, answers the requests in flight and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scoring.server import (
+        DEFAULT_MAX_BATCH_TOKENS,
+        DEFAULT_MAX_DOCUMENTS,
+        DEFAULT_MAX_REQUEST_BYTES,
+        DEFAULT_MAX_WAIT_MS,
+    )
+
+    parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's own)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
+    parser.add_argument("--model-name", default=None, help="model id reported by /info and responses "
+                                                           "(default: the folder name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-length", type=int, default=8192, help="query + document token budget (default 8192)")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                        help=f"padded tokens (rows x length) per batch (default {DEFAULT_MAX_BATCH_TOKENS})")
+    parser.add_argument("--max-batch-rows", type=int, default=32, help="pairs per batch at most (default 32)")
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                        help=f"how long a request waits for others to share its batch (default {DEFAULT_MAX_WAIT_MS})")
+    parser.add_argument("--max-documents", type=int, default=DEFAULT_MAX_DOCUMENTS,
+                        help=f"documents per request at most (default {DEFAULT_MAX_DOCUMENTS}); more -> 413")
+    parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help=f"request body bytes at most (default {DEFAULT_MAX_REQUEST_BYTES}); more -> 413")
+    parser.add_argument("--api-key-file", default=None,
+                        help="file holding the API key clients must send as 'Authorization: Bearer KEY'")
+    parser.add_argument("--steps-per-octave", type=int, choices=(1, 2, 4, 8), default=4,
+                        help="padded lengths per doubling of the prompt length (default 4): fewer means fewer "
+                             "shapes to compile at start-up and more padding")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="compute dtype (default float32 on CPU, bfloat16 on GPU/TPU)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def read_api_key(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{path}: --api-key-file not found")
+    key = file.read_text().strip()
+    if not key:
+        raise ValueError(f"{path}: --api-key-file is empty; it must hold the API key")
+    if any(c.isspace() for c in key):
+        raise ValueError(f"{path}: the API key must be one line without spaces")
+    return key
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from scoring.server import ServerSettings
+
+        api_key = read_api_key(args.api_key_file) if args.api_key_file else None
+        model_path, tokenizer = args.model, args.tokenizer
+        if model_path == "bundled_warm_start":
+            from prorank_jax.data import bundled_tokenizer_dir
+            from prorank_jax.pretrained import bundled_warm_start_dir
+
+            model_path, tokenizer = bundled_warm_start_dir(), tokenizer or bundled_tokenizer_dir()
+        settings = ServerSettings(
+            model_name=args.model_name or Path(args.model).name, max_batch_tokens=args.max_batch_tokens,
+            max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_documents=args.max_documents,
+            max_request_bytes=args.max_request_bytes, api_key=api_key)
+        import uvicorn
+
+        from scoring.reranker import Reranker
+        from scoring.server import create_app
+
+        reranker = Reranker.from_pretrained(model_path, max_length=args.max_length, dtype=args.dtype,
+                                            step=args.step, tokenizer=tokenizer, show_progress=False,
+                                            steps_per_octave=args.steps_per_octave,
+                                            reuse_prefix=False, pack_tokens=False)
+        app = create_app(reranker, settings)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"prorank serve: error: {err}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           lifespan="on"))
+    # uvicorn drains on SIGTERM / SIGINT and then re-raises the signal to the handler that
+    # was installed before it ran; a no-op one here makes that graceful stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

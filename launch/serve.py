@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "shapes to compile at start-up and more padding")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute dtype (default float32 on CPU, bfloat16 on GPU/TPU)")
+    parser.add_argument("--prompt-family", default=None, choices=("mxbai-v2", "qwen3-reranker"),
+                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -94,7 +96,8 @@ def main(argv: list[str]) -> int:
         reranker = Reranker.from_pretrained(model_path, max_length=args.max_length, dtype=args.dtype,
                                             step=args.step, tokenizer=tokenizer, show_progress=False,
                                             steps_per_octave=args.steps_per_octave,
-                                            reuse_prefix=False, pack_tokens=False)
+                                            reuse_prefix=False, pack_tokens=False,
+                                            prompt_family=args.prompt_family)
         app = create_app(reranker, settings)
     except (ValueError, FileNotFoundError) as err:
         print(f"prorank serve: error: {err}", file=sys.stderr)

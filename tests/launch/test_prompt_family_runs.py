@@ -62,6 +62,7 @@ def test_stage1_format_reward_counts_yes_and_no(tokenizer_dir):
     assert metrics["format_rate"] == 0.0 and metrics["accuracy"] == 0.0
 
 
+@pytest.mark.slow  # two short training runs: 242 s on the shared 2-core box at load ~20 (see the report)
 def test_both_stages_train_with_the_qwen3_family(tokenizer_dir, tmp_path):
     from launch.train_grpo import run_grpo
     from launch.train_score import run_score

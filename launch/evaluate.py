@@ -24,11 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", default=None, help="first-stage TREC run (default: BM25 top-k)")
     parser.add_argument("--top-k", type=int, default=100, help="candidates reranked per query (default 100)")
     parser.add_argument("--out", default=None, help="folder for reranked.run, metrics.json, per_query.tsv")
+    parser.add_argument("--compile-for", metavar="TOPOLOGY", default=None,
+                        help="compile the scoring program for a TPU topology (v5e-8, ...), report, then exit")
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.compile_for:
+        from launch.compile_for import compile_evaluate
+
+        return compile_evaluate(args, args.compile_for)
     try:
         if args.top_k <= 0:
             raise ValueError(f"--top-k must be positive, got {args.top_k}")

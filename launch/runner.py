@@ -21,10 +21,9 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.pretrained import ModelSource, load_model
 
 
-def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
-    """Build the config sections both training commands share (model, data, eval_data,
-    optimizer, loop, mesh) plus the stage's own (e.g. grpo=GRPOConfig), print the resolved
-    config, and handle --dry-run (returns None then)."""
+def build_sections(raw: dict, **stage: type) -> tuple[dict, dict]:
+    """The config sections both training commands share (model, data, eval_data, optimizer,
+    loop, mesh) plus the stage's own (e.g. grpo=GRPOConfig), and the resolved config."""
     from launch import config as cfglib
     from prorank_jax.data.pipeline import DataConfig
 
@@ -37,7 +36,14 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
         loop=cfglib.section(raw, "loop", training.LoopConfig),
         mesh=cfglib.section(raw, "mesh", training.MeshConfig),
     )
-    resolved = cfglib.resolved(raw, **sections)
+    return sections, cfglib.resolved(raw, **sections)
+
+
+def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
+    """build_sections, the resolved config printed, and --dry-run handled (returns None then)."""
+    from launch import config as cfglib
+
+    sections, resolved = build_sections(raw, **stage)
     cfglib.print_resolved(resolved)
     if dry_run:
         from launch.dry_run import print_dry_run

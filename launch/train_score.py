@@ -22,8 +22,12 @@ from launch.train_grpo import parse_args, repeat_forever
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv, "prorank train-score", __doc__)
-    maybe_initialize_distributed()
     raw = cfglib.load_config(args.config, args.overrides)
+    if args.compile_for:
+        from launch.compile_for import compile_run
+
+        return compile_run("score", raw, args.compile_for, dry_run=args.dry_run)
+    maybe_initialize_distributed()
     run_score(raw, dry_run=args.dry_run)
     return 0
 

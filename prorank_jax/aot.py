@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -150,6 +151,10 @@ def topology_devices(topology: Topology) -> list:
         ) from None
     from jax.experimental import topologies
 
+    # libtpu takes /tmp/libtpu_lockfile so that two processes never drive one TPU; compile-only
+    # device descriptions drive none, and without this a second compiling process (a parallel
+    # test worker, a second --compile-for) is refused.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     kwargs = dict(chips_per_host_bounds=topology.chips_per_host, num_slices=1)
     if _MEGACORE[topology.generation]:
         kwargs["chip_config_name"] = "megacore"

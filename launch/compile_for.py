@@ -214,9 +214,11 @@ def compile_run(kind: str, raw: dict, topology_name: str, dry_run: bool = False)
     """`prorank train-grpo|train-score --compile-for T`: print and write the report; the exit status."""
     from launch import config as cfglib
     from launch.runner import build_sections
+    from rl.config import GRPOConfig
+    from scoring.losses import ScoreLossConfig
 
-    stage = {"grpo": dict(grpo="rl.config:GRPOConfig"), "score": dict(loss="scoring.losses:ScoreLossConfig")}[kind]
-    sections, resolved = build_sections(raw, **{k: _import(v) for k, v in stage.items()})
+    stage = {"grpo": dict(grpo=GRPOConfig), "score": dict(loss=ScoreLossConfig)}[kind]
+    sections, resolved = build_sections(raw, **stage)
     cfglib.print_resolved(resolved)
     updates = sections["grpo"].updates_per_rollout if kind == "grpo" else 1
     try:
@@ -279,18 +281,9 @@ def _compare_dry_run(sections: dict, s: Setup, report: aot.CompileReport) -> Non
 
     plan = print_dry_run(sections["model"], sections["mesh"], sections["optimizer"], sections["loop"],
                          devices=s.devices)
-    step = report.programs[-1] if "train step" in report.programs[-1].name else report.programs[0]
+    step = next(p for p in report.programs if "train step" in p.name)
     compiled = step.total_bytes - step.resident_bytes
     ratio = plan.total_bytes / compiled if compiled else float("nan")
     print(f"dry-run estimate (params + gradients + optimizer, activations not included): {human(plan.total_bytes)} "
           f"per chip; the compiler's {step.name}: {human(compiled)} per chip (arguments + outputs - aliased + "
           f"temporaries); the estimate is {100 * ratio:.0f}% of the compiler's number")
-
-
-def _import(path: str):
-    import importlib
-
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-

@@ -286,6 +286,7 @@ class ProgramReport:
     compile_s: float
     resident_note: str = ""
     what_to_change: str = ""
+    compiler_error: str = ""  # set when the compiler refused the program for lack of HBM
 
     @property
     def shortfall_bytes(self) -> int:
@@ -304,17 +305,51 @@ def _cost(compiled) -> dict:
     return dict(cost or {})
 
 
+# The TPU compiler refuses a program whose temporaries exceed HBM, e.g. "RESOURCE_EXHAUSTED: Ran
+# out of memory on HBM, the total memory required for HLO temporaries (35.83G) exceeds available
+# HBM (15.75G)" (XLA's sizes are binary: G = GiB).
+_TEMPORARIES = re.compile(r"temporaries \((\d+(?:\.\d+)?)([KMGT]?)\)")
+
+
+def refused_temp_bytes(message: str) -> int | None:
+    """The temporaries a RESOURCE_EXHAUSTED compile error names, in bytes (None when it names none)."""
+    match = _TEMPORARIES.search(message)
+    if not match:
+        return None
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2) or " "))
+
+
 def compile_program(spec: ProgramSpec, chip: ChipSpec, num_chips: int) -> ProgramReport:
-    """Lower and compile one program for the topology's devices; its per-chip report."""
+    """Lower and compile one program for the topology's devices; its per-chip report.
+
+    When the compiler refuses the program for lack of HBM, the report says it does not fit,
+    with the temporaries the compiler named, the arguments from their shardings, and FLOPs
+    from the jaxpr alone.
+    """
+    jaxpr = jax.make_jaxpr(lambda *a: spec.fn(*a, **spec.kwargs))(*spec.args)
+    full, once = loop_flops(jaxpr.jaxpr, spec.while_trips)
+    chips = spec.chips or num_chips
     start = time.perf_counter()
-    compiled = spec.fn.lower(*spec.args, **spec.kwargs).compile()
+    try:
+        compiled = spec.fn.lower(*spec.args, **spec.kwargs).compile()
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        compile_s = time.perf_counter() - start
+        args = per_chip_bytes(spec.args)
+        temp = refused_temp_bytes(str(err)) or 0
+        return ProgramReport(
+            name=spec.name, shapes=spec.shapes, argument_bytes=args, output_bytes=0, alias_bytes=0, temp_bytes=temp,
+            resident_bytes=int(spec.resident_bytes), total_bytes=args + temp + int(spec.resident_bytes),
+            hbm_bytes=chip.hbm_bytes, fits=False, compiler_flops=0.0, flops=full / chips, bytes_accessed=0.0,
+            roofline_s=full / chips / chip.peak_bf16_flops, compile_s=compile_s, resident_note=spec.resident_note,
+            what_to_change=spec.what_to_change, compiler_error=str(err).splitlines()[0][:500],
+        )
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = _cost(compiled)
     compiler_flops = float(cost.get("flops", 0.0))
-    jaxpr = jax.make_jaxpr(lambda *a: spec.fn(*a, **spec.kwargs))(*spec.args)
-    full, once = loop_flops(jaxpr.jaxpr, spec.while_trips)
-    flops = compiler_flops + (full - once) / (spec.chips or num_chips)
+    flops = compiler_flops + (full - once) / chips
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     parts = dict(argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
                  alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes))
@@ -390,6 +425,7 @@ class CompileReport:
         lines = [
             f"{p.name} does not fit a TPU {gen} chip of {self.topology.name}: it needs {_gib(p.total_bytes)} GiB per "
             f"chip of {_gib(p.hbm_bytes)} GiB ({_gib(p.shortfall_bytes)} GiB short); try {p.what_to_change}"
+            + (f" (the compiler: {p.compiler_error})" if p.compiler_error else "")
             for p in bad
         ]
         raise DoesNotFitError("\n".join(lines))

@@ -76,3 +76,10 @@ def test_roofline_is_the_slower_of_compute_and_memory():
 
 def test_hbm_table():
     assert {g: c.hbm_bytes / aot.GiB for g, c in aot.CHIPS.items()} == {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+def test_refused_temporaries_are_read_from_the_compiler_message():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(35.83G) exceeds available HBM (15.75G).")
+    assert aot.refused_temp_bytes(message) == int(35.83 * aot.GiB)
+    assert aot.refused_temp_bytes("RESOURCE_EXHAUSTED: something else") is None

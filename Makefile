@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench setup clean
 
-$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-tpu-aot.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-test.txt
+	$(BIN)/python -m pip install -q -r requirements-tpu-aot.txt  # --compile-for and its tests
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -136,10 +136,12 @@ class DryRunReport:
 
 def dry_run_report(model_source: ModelSource, mesh_config: training.MeshConfig,
                    optimizer_config: training.OptimizerConfig, loop_config: training.LoopConfig,
-                   rules: shd.ShardingRules | None = None) -> DryRunReport:
-    """Everything print_dry_run prints, as data (the printed lines are in .lines)."""
+                   rules: shd.ShardingRules | None = None, devices=None) -> DryRunReport:
+    """Everything print_dry_run prints, as data (the printed lines are in .lines).
+
+    devices: the mesh's devices (default jax.devices(); --compile-for passes a TPU topology's)."""
     config, cfg_file = model_config_of(model_source)
-    mesh = mesh_config.build()
+    mesh = shd.make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
     params = abstract_params(config, model_source.init_seed)
     tx = training.make_optimizer(optimizer_config, loop_config.steps)
     state = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
@@ -173,10 +175,11 @@ def dry_run_report(model_source: ModelSource, mesh_config: training.MeshConfig,
 
 def print_dry_run(model_source: ModelSource, mesh_config: training.MeshConfig,
                   optimizer_config: training.OptimizerConfig, loop_config: training.LoopConfig,
-                  rules: shd.ShardingRules | None = None, *, print_fn: Callable[[str], Any] = print) -> DryRunReport:
+                  rules: shd.ShardingRules | None = None, *, print_fn: Callable[[str], Any] = print,
+                  devices=None) -> DryRunReport:
     """Print the mesh, one line per parameter (path, shape, dtype, PartitionSpec) and the
     memory per device, without allocating the model. Returns the report."""
-    report = dry_run_report(model_source, mesh_config, optimizer_config, loop_config, rules)
+    report = dry_run_report(model_source, mesh_config, optimizer_config, loop_config, rules, devices=devices)
     for line in report.lines:
         print_fn(line)
     return report

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="BM25 first stage: Snowball English stemmer (default) or none")
     parser.add_argument("--bm25-k1", type=float, default=1.5)
     parser.add_argument("--bm25-b", type=float, default=0.75)
+    parser.add_argument("--compile-for", metavar="TOPOLOGY", default=None,
+                        help="compile the scoring program for a TPU topology (v5e-8, ...), report, then exit")
     return parser
 
 
@@ -70,6 +72,10 @@ def evaluate_suite_main(args, bm25) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.compile_for:
+        from launch.compile_for import compile_evaluate
+
+        return compile_evaluate(args, args.compile_for)
     try:
         if args.top_k <= 0:
             raise ValueError(f"--top-k must be positive, got {args.top_k}")

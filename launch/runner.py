@@ -21,10 +21,9 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.pretrained import ModelSource, load_model
 
 
-def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
-    """Build the config sections both training commands share (model, data, eval_data,
-    optimizer, loop, mesh) plus the stage's own (e.g. grpo=GRPOConfig), print the resolved
-    config, and handle --dry-run (returns None then)."""
+def build_sections(raw: dict, **stage: type) -> tuple[dict, dict]:
+    """The config sections both training commands share (model, data, eval_data, optimizer,
+    loop, mesh) plus the stage's own (e.g. grpo=GRPOConfig), and the resolved config."""
     from launch import config as cfglib
     from prorank_jax.data.pipeline import DataConfig
     from prorank_jax.prompts import prompt_family
@@ -41,7 +40,14 @@ def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict]
     family = run_prompt_family(raw, sections["model"])
     if "grpo" in sections:
         sections["grpo"] = family_answers(sections["grpo"], prompt_family(family), raw)
-    resolved = dict(cfglib.resolved(raw, **sections), prompt_family=family)
+    return sections, dict(cfglib.resolved(raw, **sections), prompt_family=family)
+
+
+def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
+    """build_sections, the resolved config printed, and --dry-run handled (returns None then)."""
+    from launch import config as cfglib
+
+    sections, resolved = build_sections(raw, **stage)
     cfglib.print_resolved(resolved)
     if dry_run:
         from launch.dry_run import print_dry_run

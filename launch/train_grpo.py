@@ -21,12 +21,22 @@ def parse_args(argv, prog: str, doc: str):
     parser.add_argument("--config", required=True, help="YAML file or bundled config name (e.g. grpo_tiny)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the mesh, parameter shardings and memory per device, then exit")
+    parser.add_argument("--compile-for", metavar="TOPOLOGY", default=None,
+                        help="compile the run's programs for a TPU topology (v5e-8, v4-8, v5e:2x4, ...) on this "
+                             "machine, report memory / FLOPs per chip, then exit (needs requirements-tpu-aot.txt)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.steps=50")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv, "prorank train-grpo", __doc__)
+    if args.compile_for:
+        # Compiling for a topology needs no other process: the TPU devices are descriptions.
+        from launch.compile_for import compile_run
+
+        return compile_run("grpo", cfglib.load_config(args.config, args.overrides), args.compile_for,
+                           dry_run=args.dry_run)
+    # First thing, before the config is read, so every process fails or starts together.
     maybe_initialize_distributed()
     raw = cfglib.load_config(args.config, args.overrides)
     run_grpo(raw, dry_run=args.dry_run)

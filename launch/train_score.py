@@ -22,6 +22,13 @@ from launch.train_grpo import parse_args, repeat_forever
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv, "prorank train-score", __doc__)
+    if args.compile_for:
+        # Compiling for a topology needs no other process: the TPU devices are descriptions.
+        from launch.compile_for import compile_run
+
+        return compile_run("score", cfglib.load_config(args.config, args.overrides), args.compile_for,
+                           dry_run=args.dry_run)
+    # First thing, before the config is read, so every process fails or starts together.
     maybe_initialize_distributed()
     raw = cfglib.load_config(args.config, args.overrides)
     run_score(raw, dry_run=args.dry_run)

@@ -19,7 +19,6 @@ import torch
 from prorank_jax import hf
 from prorank_jax.pretrained import load_tokenizer
 from prorank_jax.prompts import RerankPrompt, left_pad, round_up_length
-from scoring.batching import ATTENTION_SPAN
 from scoring.reranker import Reranker
 from tests.helpers.hf_models import make_hf_model
 from tests.helpers.tokenizer import build_test_tokenizer
@@ -111,11 +110,14 @@ def peak_memory_of_rank(folder, budget: str, impl: str) -> tuple[int, int]:
 
 
 def test_rank_of_long_documents_stays_under_a_memory_bound(long_model):
-    """rank() of 8 documents of about 4,000 tokens with the default settings. The old path
-    (batches of 8 rows, the [8, 4, ~4K, ~4K] float32 scores of the shared-prefix extend, run as
-    `peak_memory_of_rank(folder, "1000000000", "xla")`) peaked at 3.6 GB in this process on
-    the development machine; the token budget and blockwise attention keep it under 1.5 GB
-    (process included: jax, transformers and the tokenizer take about 0.5 GB)."""
+    """rank() of 8 documents of about 2,100 tokens (max_length 2048) with the default settings.
+
+    The old path (one batch of 8 rows, XLA attention: the [8, 4, 2048, 2112] float32 scores of
+    the shared-prefix extend, several times over), run as
+    `peak_memory_of_rank(folder, "1000000000", "xla")`, peaked at 2.79 GB in this process on
+    the development machine; the default token budget with blockwise attention peaked at
+    1.00 GB (the process itself, with jax, transformers and the tokenizer, is most of it).
+    The bound sits between the two."""
     peak, min_tokens = peak_memory_of_rank(long_model[0], "default", "auto")
-    assert min_tokens > 3000 and min_tokens * 8 * ATTENTION_SPAN > 0
+    assert min_tokens > 2000
     assert peak < 1.5 * 2**30, f"peak {peak / 2**30:.2f} GiB"

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# How attention is computed; see prorank_jax/attention.py.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
 
 class ConfigError(ValueError):
     """A configuration field has a value this library cannot honour."""
@@ -31,6 +33,9 @@ class ModelConfig:
     statistics, attention softmax and reranking scores are computed in float32.
     remat: "none" keeps all activations, "full" recomputes each layer in the
     backward pass, "dots"/"dots_with_no_batch_dims" save only matmul outputs.
+    attn_implementation: how attention is computed (prorank_jax/attention.py): "auto" picks
+    cuDNN flash attention on GPU, blockwise (never the full score matrix) on CPU/TPU above
+    1,024 tokens, XLA's fused kernel below; "xla", "blockwise", "cudnn" force one.
     """
 
     vocab_size: int
@@ -53,6 +58,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attn_implementation: str = "auto"
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -74,6 +80,10 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {COMPUTE_DTYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation={self.attn_implementation!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+            )
 
     @property
     def num_groups(self) -> int:

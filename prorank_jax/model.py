@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prorank_jax.attention import AttentionMask, attend
 from prorank_jax.config import ModelConfig
 
 Params = Any
@@ -170,9 +171,8 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
             new_cache = (k, v)
-        # GQA is handled inside dot_product_attention (query heads grouped per kv head);
-        # logits and softmax run in float32 there whatever the input dtype.
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        # The one call site: attention.attend picks the implementation (config.attn_implementation).
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, c.attn_implementation)
         out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
         if packing is not None:
             out = jnp.take(out.reshape(batch * length, -1), packing[0], axis=0, mode="clip")[None]
@@ -262,7 +262,7 @@ def init_params(config: ModelConfig, rng: jax.Array, init_std: float = 0.02) -> 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _init_params_jit(config: ModelConfig, rng: jax.Array, init_std: float) -> Params:
     ids = jnp.zeros((1, 1), jnp.int32)
-    mask = jnp.ones((1, 1, 1, 1), bool)
+    mask = AttentionMask(jnp.ones((1, 1), bool), jnp.zeros((1,), jnp.int32))
     model_params = QwenModel(config).init(rng, ids, ids, mask)["params"]
 
     def reinit(path, leaf):
@@ -319,8 +319,7 @@ def forward_hidden(
     if cache is None:
         if positions is None:
             positions = positions_from_mask(attention_mask)
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        mask = causal[None, None] & attention_mask[:, None, None, :]
+        mask = AttentionMask(attention_mask, jnp.arange(length, dtype=jnp.int32))
         hidden, _ = QwenModel(config).apply(
             {"params": params["model"]}, input_ids, positions, mask, token_slots=token_slots
         )
@@ -329,10 +328,7 @@ def forward_hidden(
     if positions is None:
         positions = positions_from_mask(attention_mask, cache.next_position)
     valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, cache.index))
-    max_len = cache.valid.shape[1]
-    query_slots = cache.index + jnp.arange(length)
-    causal = jnp.arange(max_len)[None, :] <= query_slots[:, None]
-    mask = causal[None, None] & valid[:, None, None, :]
+    mask = AttentionMask(valid, (cache.index + jnp.arange(length)).astype(jnp.int32))
     hidden, (new_k, new_v) = QwenModel(config).apply(
         {"params": params["model"]}, input_ids, positions, mask, (cache.k, cache.v), cache.index, token_slots
     )

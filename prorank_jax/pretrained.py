@@ -42,6 +42,8 @@ class ModelSource:
       the default for a random init or the bundled warm start) falls back to the bundled
       tokenizer when the checkpoint has none.
     dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
+    attn_implementation: how attention is computed ("auto", "xla", "blockwise", "cudnn";
+      see prorank_jax/attention.py).
     init_seed / init_std: seed and standard deviation of the random init's normal weights
       (0.02 is HF's initializer_range; the tiny model trained from scratch on inverse-cloze
       groups leaves its initial plateau much sooner at 0.1, see launch/configs/pretrain_tiny.yaml).
@@ -53,6 +55,7 @@ class ModelSource:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attn_implementation: str = "auto"
     init_seed: int = 0
     init_std: float = 0.02
 
@@ -61,7 +64,8 @@ class ModelSource:
             raise ValueError(f"model.init_std must be a positive number, got {self.init_std!r}")
 
     def overrides(self) -> dict[str, Any]:
-        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                    attn_implementation=self.attn_implementation)
 
 
 def is_run_folder(path: str | Path) -> bool:

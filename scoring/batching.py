@@ -1,7 +1,8 @@
 """How the Reranker cuts pairs into fixed-shape batches (pure NumPy, no model).
 
-Whole prompts: pairs sorted by length, cut into batches of batch_size, each left-padded
-to a `length_buckets` length, the last filled up to a `row_sizes` row count. Shared
+Whole prompts: pairs sorted by length, cut into batches of at most batch_size rows and at
+most `max_batch_tokens` padded tokens (see `rows_within_budget`), each left-padded to a
+`length_buckets` length, a short batch filled up to a `row_sizes` row count. Shared
 prefixes: pairs grouped by query, each group's common prefix found once, groups cut into
 `PrefixChunk`s whose prefixes are left-padded to a `prefix_buckets` length and whose
 pairs' remainders are right-padded batches. Both keep the set of compiled shapes small
@@ -21,6 +22,16 @@ from prorank_jax.prompts import left_pad
 
 DEFAULT_STEPS_PER_OCTAVE = 4
 MIN_PREFIX_BUCKET = 16
+# The token budget also bounds attention: rows x queries x keys <= max_batch_tokens x
+# ATTENTION_SPAN, so a batch never holds more [queries, keys] scores per head than a full
+# token budget of 2,048-token rows would (what an implementation that materialises them
+# needs; blockwise attention holds a 512-key slice of them). Below 2,048 tokens per row the
+# token count binds, above it this does: one 8K row where four 2K rows fit.
+ATTENTION_SPAN = 2048
+# Default max_batch_tokens per platform (padded tokens per batch, prefix cache slots
+# included): what the 0.5B-1.5B Qwen rerankers run in comfortably on a 16 GB host, a 16 GB
+# TPU v5e chip, and a 40-80 GB GPU (activations scale with hidden size: halve it for 7B).
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 32768, "tpu": 32768, "gpu": 65536}
 
 
 @dataclass(frozen=True)
@@ -77,15 +88,46 @@ def max_compiled_shapes(max_total_length: int, batch_size: int, steps_per_octave
     return len(length_buckets(max_total_length, steps_per_octave)) * len(row_sizes(batch_size))
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]) -> list[Batch]:
+def default_max_batch_tokens(backend: str) -> int:
+    """max_batch_tokens=None resolves to this (DEFAULT_MAX_BATCH_TOKENS; other backends as CPU)."""
+    return DEFAULT_MAX_BATCH_TOKENS.get(backend, DEFAULT_MAX_BATCH_TOKENS["cpu"])
+
+
+def rows_within_budget(length: int, batch_size: int, max_batch_tokens: int | None, context: int = 0) -> int:
+    """Most rows a batch of `length`-token rows may take: the largest of row_sizes(batch_size)
+    with rows x (context + length) <= max_batch_tokens and rows x length x (context + length)
+    <= max_batch_tokens x ATTENTION_SPAN, and at least 1 (one pair is never split). `context`
+    counts the cached slots each row also attends to (a shared prefix).
+
+    Row counts stay in row_sizes(batch_size), so the budget adds no compiled shapes.
+    """
+    if max_batch_tokens is None:
+        return batch_size
+    keys = context + length
+    fits = [r for r in row_sizes(batch_size)
+            if r * keys <= max_batch_tokens and r * length * keys <= max_batch_tokens * ATTENTION_SPAN]
+    return max(fits, default=1)
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    buckets: Sequence[int],
+    max_batch_tokens: int | None = None,
+    context: int = 0,
+) -> list[Batch]:
     """Sort pairs by length (longest first, so a memory problem shows in the first batch) and
-    cut them into batches; only the last batch can be short of batch_size pairs."""
+    cut them into batches of at most rows_within_budget(bucket of the batch's longest pair)
+    pairs: long pairs go a few to a batch, short ones up to batch_size."""
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
     batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        longest = int(lengths[idx[0]])
-        batches.append(Batch(indices=idx, rows=rows_for(len(idx), batch_size), length=bucket_for(longest, buckets)))
+    start = 0
+    while start < len(order):
+        length = bucket_for(int(lengths[order[start]]), buckets)
+        cap = rows_within_budget(length, batch_size, max_batch_tokens, context)
+        idx = order[start : start + cap]
+        batches.append(Batch(indices=idx, rows=rows_for(len(idx), cap), length=length))
+        start += cap
     return batches
 
 
@@ -174,9 +216,12 @@ def plan_prefix_chunks(
     batch_size: int,
     prefix_bucket_sizes: Sequence[int],
     rest_buckets: Sequence[int],
+    max_batch_tokens: int | None = None,
 ) -> list[PrefixChunk]:
-    """Groups sorted by prefix length (longest first) and cut into chunks of batch_size; each
-    chunk's pairs sorted by remainder length and cut into batches as in plan_batches.
+    """Groups sorted by prefix length (longest first) and cut into chunks of at most
+    rows_within_budget(prefix bucket) groups; each chunk's pairs sorted by remainder length
+    and cut into batches as in plan_batches, the prefix bucket counting as each row's context
+    (a batch holds its rows' copies of the prefix cache).
 
     A chunk's cache is used by all of its batches and then dropped, so at most one chunk's
     cache is held at a time, and a query's prefix is computed once per call.
@@ -185,16 +230,18 @@ def plan_prefix_chunks(
     rest_lengths = np.asarray(rest_lengths, dtype=np.int64)
     group_order = np.argsort(-prefix_lengths, kind="stable")
     chunks = []
-    for start in range(0, len(group_order), batch_size):
-        groups = group_order[start : start + batch_size]
+    start = 0
+    while start < len(group_order):
+        length = bucket_for(int(prefix_lengths[group_order[start]]), prefix_bucket_sizes)
+        cap = rows_within_budget(length, batch_size, max_batch_tokens)
+        groups = group_order[start : start + cap]
         pairs = np.flatnonzero(np.isin(group_of, groups))
         batches = [
             Batch(indices=pairs[b.indices], rows=b.rows, length=b.length)
-            for b in plan_batches(rest_lengths[pairs], batch_size, rest_buckets)
+            for b in plan_batches(rest_lengths[pairs], batch_size, rest_buckets, max_batch_tokens, context=length)
         ]
-        length = bucket_for(int(prefix_lengths[groups[0]]), prefix_bucket_sizes)
-        chunks.append(PrefixChunk(groups=groups, rows=rows_for(len(groups), batch_size), length=length,
-                                  batches=batches))
+        chunks.append(PrefixChunk(groups=groups, rows=rows_for(len(groups), cap), length=length, batches=batches))
+        start += cap
     return chunks
 
 

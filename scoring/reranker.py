@@ -16,8 +16,11 @@ Semantics follow mxbai-rerank 0.1.6 (MxbaiRerankV2 + BaseReranker):
     arbitrary; here that choice is the lowest indices, so results are deterministic.
 
 Where this differs from mxbai, on purpose and without changing a score beyond float noise:
-  * pairs are sorted by token length and cut into batches of `batch_size`, each padded on
-    the left to a length bucket (see `length_buckets`) rather than to the batch maximum;
+  * pairs are sorted by token length and cut into batches of at most `batch_size` pairs and
+    at most `max_batch_tokens` padded tokens (with rows x length^2 bounded too, see
+    `rows_within_budget`), so memory stays bounded at 8K tokens per pair, each batch padded
+    on the left to a length bucket (see `length_buckets`) rather than to the batch maximum;
+    the row counts stay in row_sizes(batch_size), so the budget adds no compiled shapes;
   * the last batch of a call is filled up with copies of its first row to the next power of
     two (at most batch_size), so the number of compiled shapes stays bounded:
         at most len(length_buckets(L)) * len(row_sizes(B))
@@ -83,6 +86,7 @@ from scoring.batching import (
     PrefixChunk,
     batch_arrays,
     bucket_for,
+    default_max_batch_tokens,
     length_buckets,
     max_compiled_prefix_shapes,
     max_compiled_shapes,
@@ -204,7 +208,11 @@ class Reranker:
         the model's max_position_embeddings with the template).
       dtype: compute dtype; None means float32 on CPU, bfloat16 elsewhere. Weights are
         stored in it too (they are only read). Scores are float32 either way.
-      batch_size: pairs per forward pass.
+      batch_size: most pairs per forward pass (short pairs get this many).
+      max_batch_tokens: most padded tokens per forward pass (prefix cache slots included);
+        long pairs go fewer to a batch (one at least), and rows x length x keys stays within
+        max_batch_tokens x ATTENTION_SPAN. None means the platform default
+        (DEFAULT_MAX_BATCH_TOKENS: 32,768 on CPU and TPU, 65,536 on GPU).
       estimated_max: for normalize=True; None means mxbai's default for `model_id`.
       show_progress: tqdm bar for calls of more than one batch; None shows it on a terminal only.
       steps_per_octave: length-bucket granularity (see length_buckets).
@@ -239,6 +247,7 @@ class Reranker:
         show_progress: bool | None = None,
         steps_per_octave: int = DEFAULT_STEPS_PER_OCTAVE,
         model_id: str | None = None,
+        max_batch_tokens: int | None = None,
         reuse_prefix: bool | None = None,
         pack_tokens: bool | None = None,
         prompt_family: str | None = None,
@@ -247,6 +256,8 @@ class Reranker:
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.max_batch_tokens = (default_max_batch_tokens(jax.default_backend()) if max_batch_tokens is None
+                                 else _check_positive_int("max_batch_tokens", max_batch_tokens))
         self.config = config.replace(dtype=dtype, param_dtype=dtype)
         target = dtype_of(dtype)
         self.params = jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params))
@@ -291,6 +302,7 @@ class Reranker:
         pack_tokens: bool | None = None,
         tokenizer: str | os.PathLike | None = None,
         prompt_family: str | None = None,
+        max_batch_tokens: int | None = None,
     ) -> "Reranker":
         """Load an HF folder (config.json + safetensors + tokenizer) or a prorank run folder
         (run_config.json + model_config.json + tokenizer/ + checkpoints/; `step` picks a
@@ -334,6 +346,7 @@ class Reranker:
             reuse_prefix=reuse_prefix,
             pack_tokens=pack_tokens,
             prompt_family=detect_prompt_family(path, prompt_family),
+            max_batch_tokens=max_batch_tokens,
         )
 
     @property
@@ -435,7 +448,7 @@ class Reranker:
         return tqdm(total=pairs, desc="Reranking", unit="pair", disable=disable)
 
     def _score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
-        batches = plan_batches([len(s) for s in sequences], batch_size, self.buckets)
+        batches = plan_batches([len(s) for s in sequences], batch_size, self.buckets, self.max_batch_tokens)
         scores = np.zeros(len(sequences), np.float32)
         bar = self._progress_bar(len(sequences), len(batches))
         pending = None  # one batch in flight: tokens of the next batch are padded while it runs
@@ -461,7 +474,7 @@ class Reranker:
         split = shared_prefix_lengths(sequences, group_of)
         rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
         chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,
-                                    self.buckets)
+                                    self.buckets, self.max_batch_tokens)
         groups = group_of.tolist()
         first_pair: dict[int, int] = {}
         for i, g in enumerate(groups):

@@ -167,6 +167,26 @@ def assemble_ids(
     )
 
 
+def _check_prompt_lengths(max_length: int | None, model_max_length: int) -> None:
+    if not isinstance(model_max_length, int) or model_max_length <= 0:
+        raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
+    if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+
+
+def _answer_ids(tokenizer: Any, yes_text: str, no_text: str) -> tuple[int, int]:
+    """(yes id, no id): the two LM-head rows the score reads."""
+    return (_single_token_id(tokenizer, yes_text, "its logit is the 'relevant' score"),
+            _single_token_id(tokenizer, no_text, "its logit is the 'not relevant' score"))
+
+
+def _truncation_side(tokenizer: Any) -> str:
+    side = getattr(tokenizer, "truncation_side", "right")
+    if side not in ("left", "right"):
+        raise ValueError(f"tokenizer.truncation_side must be 'left' or 'right', got {side!r}")
+    return side
+
+
 def _single_token_id(tokenizer: Any, text: str, why: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -197,19 +217,12 @@ class RerankPrompt:
     family = MXBAI_V2
 
     def __init__(self, tokenizer: Any, max_length: int | None, model_max_length: int):
-        if not isinstance(model_max_length, int) or model_max_length <= 0:
-            raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
-        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
-            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        _check_prompt_lengths(max_length, model_max_length)
         self.tokenizer = tokenizer
         for token in CHAT_SPECIAL_TOKENS:
             _single_token_id(tokenizer, token, "the Qwen chat template needs it as a special token")
-        self.yes_id = _single_token_id(tokenizer, YES_TEXT, "its logit is the 'relevant' score")
-        self.no_id = _single_token_id(tokenizer, NO_TEXT, "its logit is the 'not relevant' score")
-        side = getattr(tokenizer, "truncation_side", "right")
-        if side not in ("left", "right"):
-            raise ValueError(f"tokenizer.truncation_side must be 'left' or 'right', got {side!r}")
-        self.truncation_side = side
+        self.yes_id, self.no_id = _answer_ids(tokenizer, YES_TEXT, NO_TEXT)
+        self.truncation_side = _truncation_side(tokenizer)
 
         self.prefix_ids = tuple(self._encode(CHAT_PREFIX))
         self.sep_ids = tuple(self._encode(SEP))
@@ -331,19 +344,12 @@ class Qwen3RerankPrompt:
     family = QWEN3_RERANKER
 
     def __init__(self, tokenizer: Any, max_length: int | None, model_max_length: int):
-        if not isinstance(model_max_length, int) or model_max_length <= 0:
-            raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
-        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
-            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        _check_prompt_lengths(max_length, model_max_length)
         self.tokenizer = tokenizer
         for token in QWEN3_SPECIAL_TOKENS:
             _single_token_id(tokenizer, token, "the Qwen3-Reranker template needs it as one token")
-        self.yes_id = _single_token_id(tokenizer, QWEN3_YES_TEXT, "its logit is the 'relevant' score")
-        self.no_id = _single_token_id(tokenizer, QWEN3_NO_TEXT, "its logit is the 'not relevant' score")
-        side = getattr(tokenizer, "truncation_side", "right")
-        if side not in ("left", "right"):
-            raise ValueError(f"tokenizer.truncation_side must be 'left' or 'right', got {side!r}")
-        self.truncation_side = side
+        self.yes_id, self.no_id = _answer_ids(tokenizer, QWEN3_YES_TEXT, QWEN3_NO_TEXT)
+        self.truncation_side = _truncation_side(tokenizer)
         self.prefix_ids = tuple(self._encode(QWEN3_PREFIX))
         self.suffix_ids = tuple(self._encode(QWEN3_SUFFIX))
         self.template_length = len(self.prefix_ids) + len(self.suffix_ids)

@@ -430,6 +430,16 @@ def model_card(facts: CardFacts) -> str:
     return "\n".join(parts)
 
 
+def _cross_encoder_usage(mid: str, q: str, d: list[str]) -> list[str]:
+    """The model card's sentence-transformers snippet, the same for every prompt family."""
+    return ["### sentence-transformers", "", "```python",
+            "from sentence_transformers import CrossEncoder", "",
+            f'model = CrossEncoder("{mid}")',
+            f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
+            f'ranking = model.rank("{q}", {d!r})',
+            "print(scores, ranking)", "```", ""]
+
+
 def _mxbai_usage(mid: str, q: str, d: list[str]) -> list[str]:
     return ["## Usage", "",
             "Scores are raw logit differences (higher is more relevant); mxbai's `normalize=True` "
@@ -446,12 +456,7 @@ def _mxbai_usage(mid: str, q: str, d: list[str]) -> list[str]:
             "mxbai-rerank 0.1.6 joins the query and document ids with "
             "`tokenizer.prepare_for_model`, which transformers 5 removed from fast tokenizers; the `if` "
             "block lends the tokenizer transformers' own implementation (a no-op on transformers 4).", "",
-            "### sentence-transformers", "", "```python",
-            "from sentence_transformers import CrossEncoder", "",
-            f'model = CrossEncoder("{mid}")',
-            f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
-            f'ranking = model.rank("{q}", {d!r})',
-            "print(scores, ranking)", "```", "",
+            *_cross_encoder_usage(mid, q, d),
             "The folder's `sentence_bert_config.json` renders each pair with the mxbai prompt; "
             "`prompt=...` is used as mxbai's instruction. The prompt is tokenized as one string, so a query "
             "or document ending in punctuation or whitespace can get slightly different token ids (and "
@@ -491,12 +496,7 @@ def _qwen3_usage(mid: str, q: str, d: list[str], model_type: str) -> list[str]:
              'model card\'s score, the probability of "yes", is `sigmoid(score)`. The prompt, instruction '
              "and truncation are Qwen3-Reranker's, so the code written for Qwen/Qwen3-Reranker-0.6B runs "
              "on this folder unchanged.", "",
-             "### sentence-transformers", "", "```python",
-             "from sentence_transformers import CrossEncoder", "",
-             f'model = CrossEncoder("{mid}")',
-             f'scores = model.predict([("{q}", doc) for doc in {d!r}])',
-             f'ranking = model.rank("{q}", {d!r})',
-             "print(scores, ranking)", "```", "",
+             *_cross_encoder_usage(mid, q, d),
              "The folder's `sentence_bert_config.json` renders each pair with the Qwen3-Reranker prompt; "
              "`prompt=...` is used as its instruction (default: the model card's web-search one). Scores are "
              "raw logit differences (no activation).", "",

@@ -91,7 +91,8 @@ def rollout(
     sampler: sampling.SamplingConfig,
     tokenizer: Any,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """prompts: {"input_ids" [B, P], "attention_mask" [B, P], "label" [B] (0/1)}.
+    """prompts: {"input_ids" [B, P], "attention_mask" [B, P], "label" [B] (0/1)}, padded by the
+    stage-1 pipeline to a length bucket P, which is the width the sampler prefills.
 
     Returns the train batch (B prompt rows, N = B * G completion rows) and host metrics of the rollout.
     """

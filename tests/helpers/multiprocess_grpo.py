@@ -36,8 +36,6 @@ def main(port: str, process_id: int, num_processes: int, out_dir: Path) -> dict:
         jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=60)
     import numpy as np
-    from jax.experimental import multihost_utils
-
     from prorank_jax import model, training
     from prorank_jax import sharding as shd
     from prorank_jax.config import ModelConfig
@@ -91,13 +89,16 @@ def main(port: str, process_id: int, num_processes: int, out_dir: Path) -> dict:
     global_batch = shd.shard_batch(batch, mesh)
     for _ in range(grpo.updates_per_rollout):
         state, _ = step(state, global_batch)
-    flat, _ = jax.tree_util.tree_flatten_with_path(state.params)
-    updated = {jax.tree_util.keystr(path): np.asarray(multihost_utils.process_allgather(x, tiled=True))
-               for path, x in flat}
+    # One jitted all-gather of the whole tree (one compile), then this process's full copy.
+    whole = jax.jit(lambda tree: tree, out_shardings=shd.replicated(mesh))(state.params)
+    flat, _ = jax.tree_util.tree_flatten_with_path(whole)
+    updated = {jax.tree_util.keystr(path): np.asarray(x.addressable_shards[0].data) for path, x in flat}
     if process_id == 0:
         np.savez(out_dir / "params.npz", **updated)
 
-    reranker = Reranker(config, host_params, tokenizer, max_length=112, batch_size=4, show_progress=False)
+    # Whole prompts in one batch per process: one compiled program each (processes are slow to compile).
+    reranker = Reranker(config, host_params, tokenizer, max_length=112, batch_size=32, show_progress=False,
+                        reuse_prefix=False, pack_tokens=False)
     scored = []
     predict = reranker.predict
     reranker.predict = lambda queries, documents, **kw: scored.append(len(queries)) or predict(queries, documents, **kw)

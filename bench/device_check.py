@@ -70,7 +70,8 @@ def reranker_pairs_per_s(config, params, tokenizer, queries: int = 64, docs_per_
     reranker = Reranker(config, params, tokenizer, show_progress=False)
     reranker.predict(qs, ds)  # compiles every shape it meets
     seconds = timed(lambda: reranker.predict(qs, ds), 2)
-    return {"reranker pairs/s (bf16, batch 32, %d devices)" % reranker.mesh.size: len(qs) / seconds}
+    label = f"reranker pairs/s ({reranker.config.dtype}, batch {reranker.batch_size}, {reranker.mesh.size} devices)"
+    return {label: len(qs) / seconds}
 
 
 def score_step(config, params, groups: int = 8, negatives: int = 7, length: int = 512) -> dict[str, float]:

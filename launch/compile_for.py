@@ -114,10 +114,11 @@ def _train_step_spec(name: str, loss_fn, s: Setup, batch: dict, resident: int = 
     return aot.ProgramSpec(name, step, (s.state, batch), resident_bytes=resident, resident_note=note, shapes=shapes)
 
 
-def _validation_spec(name: str, s: Setup, rows: int, max_length: int, resident: int = 0, note: str = "",
-                     dtype: str | None = None) -> aot.ProgramSpec:
-    """The Reranker's whole-prompt scorer as it runs on a TPU: weights cast to the compute
-    dtype on one chip (device_put to the default device), no token packing, host inputs."""
+def _validation_spec(name: str, s: Setup, rows: int, max_length: int, mesh, param_shardings,
+                     resident: int = 0, note: str = "", dtype: str | None = None) -> aot.ProgramSpec:
+    """The Reranker's whole-prompt scorer as it runs on a TPU (no token packing): weights in
+    the compute dtype with `param_shardings` on `mesh`, the batch split on its rows over the
+    mesh's batch axes when they divide it, else replicated (sharding.place_rows)."""
     from launch.dry_run import abstract_params
     from prorank_jax.model import dtype_of
     from prorank_jax.prompts import RerankPrompt
@@ -128,12 +129,17 @@ def _validation_spec(name: str, s: Setup, rows: int, max_length: int, resident: 
     config = s.config.replace(dtype=dtype, param_dtype=dtype)
     prompt = RerankPrompt(s.tokenizer, max_length, config.max_position_embeddings)
     length = length_buckets(prompt.max_total_length)[-1]
-    one_chip = jax.sharding.SingleDeviceSharding(s.devices[0])
-    params = jax.tree_util.tree_map(lambda x: aot.struct(x.shape, dtype_of(dtype), one_chip), abstract_params(config))
-    ids = aot.struct((rows, length), jnp.int32)
+    shapes = abstract_params(config)
+    shardings = param_shardings(shapes) if callable(param_shardings) else param_shardings
+    params = aot.structs_like(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype_of(dtype)), shapes),
+                              shardings)
+    split = rows % shd.batch_divisor(mesh) == 0
+    ids = aot.struct((rows, length), jnp.int32, shd.batch_sharding(mesh, 2) if split else shd.replicated(mesh))
     scorer = jitted_scorer(config, prompt.yes_id, prompt.no_id)
-    return aot.ProgramSpec(name, scorer, (params, ids, ids), resident_bytes=resident, resident_note=note, chips=1,
-                           shapes=f"{rows} prompts x {length} tokens on chip 0, {dtype} weights",
+    how = f"split over {shd.batch_divisor(mesh)} chips" if split else "replicated on every chip"
+    return aot.ProgramSpec(name, scorer, (params, ids, ids), resident_bytes=resident, resident_note=note,
+                           chips=mesh.size if split else 1,
+                           shapes=f"{rows} prompts x {length} tokens ({how}), {dtype} weights",
                            what_to_change="a smaller batch size (eval_data.batch_size / --batch-size) or max_length")
 
 
@@ -151,18 +157,21 @@ def grpo_programs(s: Setup, sections: dict) -> list[aot.ProgramSpec]:
     state_bytes = aot.per_chip_bytes(s.state)
     ref_bytes = params_bytes if grpo.beta > 0 else 0  # the frozen reference: same shardings as the params
     sampler = sampling_config(grpo, s.tokenizer, s.config)
-    width = sampling.bucket_length(length)
+    # The rollout prefills the pipeline's bucket as it is (sample(bucketed=True)): no second padding.
+    rows_of = lambda shape, dtype: aot.struct(shape, dtype, shd.batch_sharding(s.mesh, len(shape)))  # noqa: E731
     key = jax.eval_shape(lambda: jax.random.key(0))
     specs = [aot.ProgramSpec(
         "sampler", sampling._generate_jit,
-        (s.state.params, aot.struct((prompts, width), jnp.int32), aot.struct((prompts, width), jnp.int32), key),
+        (s.state.params, rows_of((prompts, length), jnp.int32), rows_of((prompts, length), jnp.int32),
+         rows_of((prompts,), jnp.int32), key),
         kwargs=dict(config=s.config, sampling=sampler, num_samples=grpo.group_size),
         resident_bytes=state_bytes - params_bytes + ref_bytes, resident_note="optimizer state + reference params",
         while_trips=t - 1,
-        shapes=f"{prompts} prompts x {width} tokens, {grpo.group_size} samples each, {t} new tokens",
+        shapes=f"{prompts} prompts x {length} tokens, {grpo.group_size} samples each, {t} new tokens",
     )]
-    host = (aot.struct((prompts, length), jnp.int32), aot.struct((prompts, length), jnp.int32),
-            aot.struct((rows, t), jnp.int32), aot.struct((rows, t), jnp.int32))
+    # Global arrays split on their rows, as rl.rollout passes them (never host-local NumPy).
+    host = (rows_of((prompts, length), jnp.int32), rows_of((prompts, length), jnp.int32),
+            rows_of((rows, t), jnp.int32), rows_of((rows, t), jnp.int32))
     logprob_shapes = f"{prompts} prompts x {length} tokens + {rows} completions x {t} tokens"
     if grpo.beta > 0:
         specs.append(aot.ProgramSpec("reference log-probs", _logprobs_jit, (s.state.params, *host),
@@ -201,11 +210,13 @@ def score_programs(s: Setup, sections: dict) -> list[aot.ProgramSpec]:
     specs = [_train_step_spec("score train step", loss, s, _batch_structs(arrays, s.mesh))]
     eval_cfg = sections["eval_data"]
     if eval_cfg is not None:
-        # scoring.train.validation_reranker: batch_size * (1 + num_negatives) pairs per call, in
-        # the model's compute dtype, while the train state stays on the chips.
+        # scoring.train.ScoreStage.validate: batch_size * (1 + num_negatives) pairs per call on
+        # the training mesh, the params cast to the compute dtype with their train shardings,
+        # while the train state stays on the chips.
         specs.append(_validation_spec("validation scoring", s, eval_cfg.batch_size * (1 + eval_cfg.num_negatives),
-                                      eval_cfg.max_length, resident=aot.per_chip_bytes(s.state),
-                                      note="train state", dtype=s.config.dtype))
+                                      eval_cfg.max_length, s.mesh, s.state_sharding.params,
+                                      resident=aot.per_chip_bytes(s.state), note="train state",
+                                      dtype=s.config.dtype))
     return specs
 
 
@@ -255,9 +266,13 @@ def compile_evaluate(args, topology_name: str) -> int:
         setup = Setup(topology, devices, aot.process_count(devices), None, config,
                       load_tokenizer(tokenizer_dir, config), None, None, None,
                       [f"model config {cfg_file}; tokenizer {tokenizer_dir}",
-                       "evaluate scores on one chip; compiled: whole prompts at the largest length bucket"])
-        spec = _validation_spec("rerank scoring", setup, args.batch_size or DEFAULT_BATCH_SIZE, args.max_length)
-        report = aot.compile_programs(topology, devices, {"chips used": 1}, [spec], setup.notes,
+                       "evaluate scores on one host's chips (the Reranker's mesh: params replicated, "
+                       "batches split on their rows); compiled: whole prompts at the largest length bucket"])
+        host_chips = [d for d in devices if d.process_index == devices[0].process_index]
+        mesh = shd.make_mesh(data=-1, devices=host_chips)
+        spec = _validation_spec("rerank scoring", setup, args.batch_size or DEFAULT_BATCH_SIZE, args.max_length,
+                                mesh, lambda shapes: shd.param_shardings(shapes, mesh))
+        report = aot.compile_programs(topology, devices, {"data": len(host_chips)}, [spec], setup.notes,
                                       log=lambda m: print(f"[prorank] {m}", flush=True))
     except (aot.TopologyError, ValueError, FileNotFoundError) as err:
         print(f"prorank evaluate: error: {err}", file=sys.stderr)

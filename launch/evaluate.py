@@ -76,6 +76,12 @@ def main(argv: list[str]) -> int:
         from launch.compile_for import compile_evaluate
 
         return compile_evaluate(args, args.compile_for)
+
+    # Launched on several processes (launch/multi_gpu.sh, tpu_pod.sh), they split the queries
+    # (scoring.evaluate) and process 0 writes the files.
+    from launch.runner import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
     try:
         if args.top_k <= 0:
             raise ValueError(f"--top-k must be positive, got {args.top_k}")

@@ -47,9 +47,10 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
     from launch.runner import lazy_train_step, stage_sections, start_run
     from prorank_jax import training
     from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage1_iterator
-    from prorank_jax.pretrained import load_tokenizer
+    from prorank_jax.pretrained import generation_eos_token_ids, load_tokenizer
     from prorank_jax.prompts import prompt_family
     from rl.config import GRPOConfig
+    from rl.rollout import sampling_config
     from rl.train import GRPOStage, greedy_accuracy, grpo_loss, save_final
 
     prepared = stage_sections(raw, dry_run, grpo=GRPOConfig)
@@ -68,7 +69,10 @@ def run_grpo(raw: dict, dry_run: bool = False) -> dict:
     if run.data_state:
         train_iter.set_state(run.data_state)
     grpo: GRPOConfig = sections["grpo"]
-    stage = GRPOStage(run.config, grpo, tokenizer, ref_params=run.initial_params, prompts=train_iter)
+    # Every EOS id of the tokenizer, config.json and generation_config.json ends a completion.
+    sampler = sampling_config(grpo, tokenizer, run.config, generation_eos_token_ids(sections["model"]))
+    stage = GRPOStage(run.config, grpo, tokenizer, ref_params=run.initial_params, prompts=train_iter,
+                      sampler=sampler)
 
     evaluate = None
     eval_cfg = sections["eval_data"]

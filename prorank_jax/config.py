@@ -24,6 +24,19 @@ class ConfigError(ValueError):
     """A configuration field has a value this library cannot honour."""
 
 
+def _normalize_token_ids(name: str, value: Any) -> int | tuple[int, ...] | None:
+    """None, one id (an int) or several ids (a tuple of ints; a list becomes one)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if not value or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in value):
+            raise ConfigError(f"{name}={value!r} must be a token id or a non-empty list of token ids (ints >= 0)")
+        return tuple(int(t) for t in value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be a token id (an int >= 0) or a list of them")
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of the decoder; field names follow Hugging Face's Qwen2Config.
@@ -53,7 +66,7 @@ class ModelConfig:
     attention_bias: bool = True
     qk_norm: bool = False
     bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
+    eos_token_id: int | tuple[int, ...] | None = None  # a list (as in many hub configs) becomes a tuple
     pad_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -61,6 +74,9 @@ class ModelConfig:
     attn_implementation: str = "auto"
 
     def __post_init__(self):
+        # The config is a static argument of jitted functions, so it must hash: a list of
+        # EOS ids (as many hub config.json files have) is kept as a tuple.
+        object.__setattr__(self, "eos_token_id", _normalize_token_ids("eos_token_id", self.eos_token_id))
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -84,6 +100,13 @@ class ModelConfig:
             raise ConfigError(
                 f"attn_implementation={self.attn_implementation!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
             )
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every EOS id of the config, as a tuple (empty when it names none)."""
+        if self.eos_token_id is None:
+            return ()
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
     @property
     def num_groups(self) -> int:
@@ -139,7 +162,7 @@ class ModelConfig:
             "sliding_window": None,
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "dtype": self.param_dtype,
             "use_cache": True,

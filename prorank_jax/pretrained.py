@@ -120,6 +120,25 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     return config, params, tokenizer_dir or bundled_tokenizer_dir()
 
 
+def generation_eos_token_ids(source: ModelSource) -> tuple[int, ...]:
+    """The EOS ids of the source folder's generation_config.json (an int or a list there);
+    () when the model is a random init, or the folder has no such file or names none."""
+    if not source.path:
+        return ()
+    folder = bundled_warm_start_dir() if source.path == BUNDLED_WARM_START else Path(source.path)
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        value = json.loads(path.read_text()).get("eos_token_id")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in ids):
+        raise ValueError(f"{path}: eos_token_id={value!r}; expected a token id or a list of token ids")
+    return tuple(ids)
+
+
 def load_tokenizer(folder: str | os.PathLike, config: ModelConfig | None = None):
     """The HF tokenizer of a model folder, left padding as mxbai sets it.
 

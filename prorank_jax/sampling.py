@@ -12,7 +12,13 @@ decodes up to ``max_new_tokens`` tokens per row with temperature, top-k and top-
   emitted an EOS or the budget is spent;
 * prompt lengths are padded (on the left, masked out) to power-of-two buckets, so a
   training run compiles once per (batch, prompt bucket, max_new_tokens) instead of once
-  per distinct prompt length.
+  per distinct prompt length -- unless the caller's batch is already padded to a length
+  bucket (the stage-1 pipeline's, ``bucketed=True``), which is then prefilled as it is,
+  so a prompt is padded once;
+* every completion row draws from its own key, fold_in(fold_in(rng, prompt index), sample
+  index), then fold_in(., step): a row's sample depends on its prompt's index and the key
+  only, not on how the batch is split over devices or processes, so a rollout sharded over
+  several processes draws exactly what one process running the whole batch draws.
 
 Nothing here is device specific: with params sharded by ``sharding.param_shardings``
 and prompts by ``sharding.batch_sharding`` the same jit runs SPMD over the mesh.
@@ -172,14 +178,20 @@ def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
 
 
 def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
-    """One decoding step: float32 logits [N, V] -> (token ids [N], their log-probs [N])."""
+    """One decoding step: float32 logits [N, V] -> (token ids [N], their log-probs [N]).
+
+    key: one key for the whole step, or [N] keys, one per row.
+    """
     logits = logits.astype(jnp.float32)
     scaled = logits / sampling.logprob_temperature
     if sampling.is_greedy:
         tokens = jnp.argmax(logits, axis=-1)
     else:
         filtered = top_p_filter(top_k_filter(scaled, sampling.top_k), sampling.top_p)
-        tokens = jax.random.categorical(key, filtered, axis=-1)
+        if jnp.ndim(key) == 0:
+            tokens = jax.random.categorical(key, filtered, axis=-1)
+        else:
+            tokens = jax.vmap(jax.random.categorical)(key, filtered)
     tokens = tokens.astype(jnp.int32)
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)[:, 0]
     return tokens, logprobs
@@ -225,12 +237,22 @@ def _repeat_cache(cache: model.KVCache, num_samples: int) -> model.KVCache:
     )
 
 
-def _generate(params, prompt_ids, prompt_mask, rng, *, config: ModelConfig, sampling: SamplingConfig,
+def row_keys(rng: jax.Array, prompt_index: jax.Array, num_samples: int) -> jax.Array:
+    """[B * G] keys: row i * G + g gets fold_in(fold_in(rng, prompt_index[i]), g)."""
+    per_prompt = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, prompt_index)
+    samples = jnp.arange(num_samples, dtype=jnp.uint32)
+    keys = jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, samples))(per_prompt)
+    return keys.reshape(-1)
+
+
+def _generate(params, prompt_ids, prompt_mask, prompt_index, rng, *, config: ModelConfig, sampling: SamplingConfig,
               num_samples: int) -> SampleOutput:
     batch, prompt_len = prompt_ids.shape
     rows, max_new = batch * num_samples, sampling.max_new_tokens
     eos_ids = jnp.asarray(sampling.eos_token_ids, jnp.int32)
     zero_index = jnp.zeros((rows,), jnp.int32)
+    keys = row_keys(rng, prompt_index, num_samples)
+    step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)  # noqa: E731
 
     # The last sampled token is never fed back, hence max_new - 1 decode slots.
     cache = model.init_cache(config, batch, prompt_len + max_new - 1)
@@ -247,7 +269,7 @@ def _generate(params, prompt_ids, prompt_mask, rng, *, config: ModelConfig, samp
         mask=jnp.zeros((rows, max_new), jnp.int32),
         done=jnp.zeros((rows,), bool),
     )
-    state = _record(state, *choose_tokens(first_logits, jax.random.fold_in(rng, 0), sampling), sampling, eos_ids)
+    state = _record(state, *choose_tokens(first_logits, step_keys(0), sampling), sampling, eos_ids)
 
     def cond(state: _LoopState):
         return (state.step < max_new) & ~jnp.all(state.done)
@@ -257,7 +279,7 @@ def _generate(params, prompt_ids, prompt_mask, rng, *, config: ModelConfig, samp
             params, config, state.last_token[:, None], jnp.ones((rows, 1), bool), cache=state.cache
         )
         logits = model.logits_at(params, config, hidden, zero_index)
-        token, logprob = choose_tokens(logits, jax.random.fold_in(rng, state.step), sampling)
+        token, logprob = choose_tokens(logits, step_keys(state.step), sampling)
         return _record(state._replace(cache=cache), token, logprob, sampling, eos_ids)
 
     state = jax.lax.while_loop(cond, body, state)
@@ -291,15 +313,22 @@ def sample(
     rng: jax.Array,
     sampling: SamplingConfig,
     num_samples: int = 1,
+    *,
+    prompt_index=None,
+    bucketed: bool = False,
 ) -> SampleOutput:
     """Sample `num_samples` completions of each left-padded prompt.
 
     prompt_ids, prompt_mask: [B, P], left padded (mask 0 on the padding); every prompt
-    needs at least one real token. The prompt columns are padded on the left to
-    bucket_length(P), so all prompt lengths within one power-of-two bucket share one
-    compiled program; compilation is keyed on (B, bucket, config, sampling, num_samples).
+    needs at least one real token. Unless `bucketed`, the prompt columns are padded on the
+    left to bucket_length(P), so all prompt lengths within one power-of-two bucket share
+    one compiled program; compilation is keyed on (B, width, config, sampling,
+    num_samples). bucketed=True says P already is a length bucket (the stage-1 pipeline
+    pads each batch to one of DataConfig.buckets) and prefills P columns as they are.
+    prompt_index [B] (default 0 .. B-1): the index that keys each prompt's samples (see
+    row_keys); a batch sharded over processes passes each row's global index.
     Returns a SampleOutput with B * num_samples rows, row i * G + g from prompt i.
-    The same rng gives the same samples.
+    The same rng and prompt indices give the same samples.
     """
     if not _is_int(num_samples) or num_samples < 1:
         raise SamplingError(f"num_samples={num_samples!r} must be an int >= 1")
@@ -312,11 +341,16 @@ def sample(
         )
     if prompt_ids.shape[1] == 0:
         raise SamplingError("prompt_ids has 0 columns; every prompt needs at least one token")
-    width = bucket_length(prompt_ids.shape[1])
+    width = prompt_ids.shape[1] if bucketed else bucket_length(prompt_ids.shape[1])
+    if prompt_index is None:
+        prompt_index = np.arange(prompt_ids.shape[0], dtype=np.int32)
+    if tuple(prompt_index.shape) != (prompt_ids.shape[0],):
+        raise SamplingError(f"prompt_index {tuple(prompt_index.shape)} must be [B] = [{prompt_ids.shape[0]}]")
     return _generate_jit(
         params,
         _pad_prompt(prompt_ids, width),
         _pad_prompt(prompt_mask, width),
+        prompt_index,
         rng,
         config=config,
         sampling=sampling,

@@ -9,6 +9,7 @@ never the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -154,6 +155,75 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: ShardingRule
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
         for k, v in batch.items()
     }
+
+
+def mesh_of(tree) -> Mesh | None:
+    """The mesh the leaves of a pytree of arrays are placed on by NamedSharding (None when
+    they are plain single-device arrays)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _reshard_fn(sharding: NamedSharding):
+    return jax.jit(lambda x: x, out_shardings=sharding)
+
+
+def process_local_rows(x: jax.Array, mesh: Mesh, rules: ShardingRules | None = None) -> np.ndarray:
+    """This process's rows of a global array as NumPy: the inverse of shard_batch.
+
+    The array is first laid out by batch_sharding (a jitted identity, so on several
+    processes every process takes part), then this process's shards are read in row
+    order, each row block once (shards repeated over a replicated axis are skipped).
+    """
+    x = _reshard_fn(batch_sharding(mesh, x.ndim, rules))(x)
+    blocks = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        blocks.setdefault(start, shard.data)
+    return np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)], axis=0)
+
+
+def place_rows(x: np.ndarray, mesh: Mesh, rules: ShardingRules | None = None) -> jax.Array:
+    """An array that every process holds whole (the same value on each), split on its
+    leading axis over the batch axes when its rows divide, else replicated over the mesh.
+
+    For inference that runs the same inputs everywhere: the Reranker on its own local
+    mesh, or on a training mesh spanning processes during validation.
+    """
+    x = np.asarray(x)
+    divides = x.ndim and x.shape[0] % batch_divisor(mesh, rules) == 0
+    sharding = batch_sharding(mesh, x.ndim, rules) if divides else replicated(mesh)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+    """The whole value of an array as NumPy on every process (gathered over the mesh when
+    this process does not hold all of it)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    x = _reshard_fn(replicated(x.sharding.mesh))(x)
+    return np.asarray(x.addressable_shards[0].data)
+
+
+def global_row_index(local_rows: int, mesh: Mesh, rules: ShardingRules | None = None) -> jax.Array:
+    """[local_rows * processes] int32 global array holding each row's own global index,
+    laid out as shard_batch lays out a batch of local_rows rows per process."""
+    sharding = batch_sharding(mesh, 1, rules)
+    total = local_rows * jax.process_count()
+    return jax.make_array_from_callback((total,), sharding, lambda index: np.arange(total, dtype=np.int32)[index])
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of one integer over all processes (the value itself on one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
 def describe_shardings(params, shardings) -> list[str]:

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from prorank_jax import sampling, training
+from prorank_jax import sharding as shd
 from prorank_jax.config import ModelConfig
 from rl.config import GRPOConfig
 from rl.loss import grpo_loss_terms, reduce_sums
-from rl.rollout import completion_logprobs, rollout, sampling_config
+from rl.rollout import agree_width, completion_logprobs, rollout, sampling_config
 from scoring.score import rerank_scores
 
 
@@ -77,38 +78,61 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
     once the format is learnt) and score_auc how well s orders relevant above non-relevant
     pairs whatever the threshold, so a policy that still discriminates but answers "0"
     everywhere can be told from one that no longer reads its input.
+
+    On several processes each one reads its own shard of the evaluation batches (all with
+    the same number of batches, padded with masked rows); the batches enter the jitted
+    calls as global arrays (as in rl.rollout) and the per-pair results of all processes are
+    gathered before the metrics are taken, so every process returns the same numbers.
     """
     from scoring.metrics import binary_auc
 
     greedy = dataclasses.replace(sampler, greedy=True, temperature=0.0)
-    correct = formatted = total = positives = 0
-    scores, labels = [], []
+    mesh = shd.mesh_of(params)
+    to_device = dict if mesh is None else functools.partial(shd.shard_batch, mesh=mesh)
+    to_host = np.asarray if mesh is None else functools.partial(shd.process_local_rows, mesh=mesh)
+    columns: dict[str, list] = {"correct": [], "formatted": [], "label": [], "keep": [], "score": []}
     for batch in batches:
-        out = sampling.sample(params, config, batch["input_ids"], batch["attention_mask"], jax.random.key(0), greedy)
-        texts = sampling.completion_texts(tokenizer, out.tokens, out.completion_mask, greedy.eos_token_ids)
-        rows = np.asarray(batch.get("example_mask", np.ones(len(texts))), bool)
+        ids, mask = agree_width(np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"]))
+        prompts = to_device({"ids": ids, "mask": mask})
+        index = None if mesh is None else shd.global_row_index(ids.shape[0], mesh)
+        out = sampling.sample(params, config, prompts["ids"], prompts["mask"], jax.random.key(0), greedy,
+                              prompt_index=index, bucketed=True)
+        texts = sampling.completion_texts(tokenizer, to_host(out.tokens), to_host(out.completion_mask),
+                                          greedy.eos_token_ids)
+        labels = np.asarray(batch["label"]).astype(int)
+        replies = [text.strip() for text in texts]
+        columns["correct"].append(np.array([r == answers[int(y)] for r, y in zip(replies, labels)], bool))
+        columns["formatted"].append(np.array([r in answers for r in replies], bool))
+        columns["label"].append(labels)
+        columns["keep"].append(np.asarray(batch.get("example_mask", np.ones(len(texts))), bool))
         if label_ids is not None:
-            batch_scores = np.asarray(_scores_jit(params, batch["input_ids"], batch["attention_mask"],
-                                                  config=config, yes_id=label_ids[0], no_id=label_ids[1]))
-            scores.extend(batch_scores[rows])
-            labels.extend(np.asarray(batch["label"])[rows])
-        for text, label, keep in zip(texts, np.asarray(batch["label"]), rows):
-            if not keep:
-                continue
-            answer = text.strip()
-            correct += answer == answers[int(label)]
-            formatted += answer in answers
-            positives += int(label)
-            total += 1
+            columns["score"].append(to_host(_scores_jit(params, prompts["ids"], prompts["mask"], config=config,
+                                                        yes_id=label_ids[0], no_id=label_ids[1])))
+    pairs = {k: _all_processes(np.concatenate(v)) for k, v in columns.items() if v}
+    keep = pairs["keep"] if "keep" in pairs else np.zeros((0,), bool)
+    total = int(keep.sum())
     if total == 0:
         raise ValueError("greedy_accuracy: the evaluation set is empty")
+    labels_arr = pairs["label"][keep]
+    positives = int(labels_arr.sum())
     majority = max(positives, total - positives) / total
-    metrics = {"accuracy": correct / total, "format_rate": formatted / total, "majority_rate": majority, "pairs": total}
+    metrics = {"accuracy": int(pairs["correct"][keep].sum()) / total,
+               "format_rate": int(pairs["formatted"][keep].sum()) / total, "majority_rate": majority,
+               "pairs": total}
     if label_ids is not None:
-        scores_arr, labels_arr = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
+        scores_arr = pairs["score"][keep].astype(np.float64)
         metrics["score_accuracy"] = float(np.mean((scores_arr > 0) == (labels_arr == 1)))
         metrics["score_auc"] = binary_auc(scores_arr, labels_arr)
     return metrics
+
+
+def _all_processes(values: np.ndarray) -> np.ndarray:
+    """Every process's rows of a per-pair column, process 0's first (the rows themselves on one process)."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values, tiled=True))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "yes_id", "no_id"))

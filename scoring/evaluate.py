@@ -22,7 +22,10 @@ Choices (the usual reranking-evaluation protocol, made explicit):
     reranked; they are counted in a warning. Queries whose first stage returned nothing
     stay empty in both runs and score 0 (evaluate_run warns about them).
   * All (query, document) pairs go to one Reranker.predict call, so batches span queries
-    and only the very last batch is padded.
+    and only the very last batch is padded. On several processes (jax.distributed) the
+    queries are dealt out over the processes (sorted query ids, round robin), each process
+    scores its queries' pairs on its own devices, and the scores are gathered: every
+    process computes the same metrics, and only process 0 writes the files.
 
 Files written to out_dir (each atomically): reranked.run and first_stage.run (TREC),
 metrics.json (both systems' means plus the settings), per_query.tsv (one row per query,
@@ -36,6 +39,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import numpy as np
 
 from prorank_jax.data import BeirData, load_beir, read_run, write_run
 from scoring.first_stage import BM25Settings, rerank_candidates
@@ -145,12 +150,7 @@ def evaluate(
     name, first = first_stage_run(data, run, top_k, bm25)
     candidates = rerank_candidates(rerankable(first, data.queries), top_k)
     pairs = candidate_pairs(candidates)
-    scores = reranker.predict(
-        [data.queries[q] for q, _ in pairs],
-        [data.corpus[d] for _, d in pairs],
-        instruction=instruction,
-        batch_size=batch_size,
-    )
+    scores = predict_over_processes(reranker, data, pairs, instruction=instruction, batch_size=batch_size)
     runs = {name: cut_run(first, candidates), RERANKED: runs_from_scores(pairs, scores, candidates)}
     measures = measures_for(top_k)
     metrics, per_query = {}, {}
@@ -167,7 +167,7 @@ def evaluate(
         n_pairs=len(pairs),
         first_stage_settings=first_stage_settings(run, bm25),
     )
-    if out_dir is not None:
+    if out_dir is not None and _is_writer():
         report.files.update(write_report(report, Path(out_dir), split=split, instruction=instruction))
     return report
 
@@ -176,6 +176,46 @@ def first_stage_settings(run: Any, bm25: BM25Settings | None) -> dict[str, Any]:
     if run is None:
         return (bm25 or BM25Settings()).as_dict()
     return {"run": os.fspath(run) if isinstance(run, (str, os.PathLike)) else "given as a dict"}
+
+
+def _process_span() -> tuple[int, int]:
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def _is_writer() -> bool:
+    return _process_span()[0] == 0
+
+
+def predict_over_processes(reranker, data: BeirData, pairs: list[tuple[str, str]], *, instruction: str | None,
+                           batch_size: int | None) -> np.ndarray:
+    """Scores of `pairs` in their order. On several processes each scores the pairs of every
+    n-th query (sorted ids), and the scores are all-gathered; one process scores all pairs."""
+    index, count = _process_span()
+    if count == 1:
+        mine = list(range(len(pairs)))
+    else:
+        queries = sorted({q for q, _ in pairs})
+        owner = {q: i % count for i, q in enumerate(queries)}
+        mine = [i for i, (q, _) in enumerate(pairs) if owner[q] == index]
+    local = reranker.predict([data.queries[pairs[i][0]] for i in mine], [data.corpus[pairs[i][1]] for i in mine],
+                             instruction=instruction, batch_size=batch_size)
+    local = np.asarray(local, np.float32)
+    if count == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    owners = np.array([owner[q] for q, _ in pairs])
+    width = max(int(np.sum(owners == p)) for p in range(count))
+    padded = np.zeros((width,), np.float32)
+    padded[: len(local)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, width]
+    scores = np.zeros((len(pairs),), np.float32)
+    for p in range(count):
+        where = np.flatnonzero(owners == p)  # process p's pairs, in the order it scored them
+        scores[where] = gathered[p, : len(where)]
+    return scores
 
 
 def write_report(report: EvaluationReport, out_dir: Path, *, split: str, instruction: str | None) -> dict[str, Path]:
@@ -210,4 +250,4 @@ def write_report(report: EvaluationReport, out_dir: Path, *, split: str, instruc
     return files
 
 
-__all__ = ["EvaluationReport", "evaluate", "first_stage_run", "measures_for", "write_report"]
+__all__ = ["EvaluationReport", "evaluate", "first_stage_run", "measures_for", "predict_over_processes", "write_report"]

@@ -55,6 +55,13 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     above times 8 (1,776 and 6 x 11 x (1 + 8 x 37) = 19,602 for the Qwen2.5 example), of
     which a call meets at most one per batch;
   * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
+  * every local device takes part: the parameters sit on a mesh over this process's
+    devices (replicated, or FSDP-sharded by prorank_jax.sharding's rule table with
+    shard_params=True) and each batch is split on its rows over the mesh when its row count
+    divides by the device count (a smaller last batch runs replicated). The mesh holds this
+    process's devices only, so processes never wait on each other; scoring.evaluate splits
+    the queries over processes. Handed training parameters (stage-2 validation), the
+    reranker runs on their mesh instead, the same batch on every process;
   * documents (or queries) cut by the truncation rules are counted and reported in a
     TruncationWarning; nothing is dropped.
 """
@@ -74,6 +81,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prorank_jax import hf
+from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of, take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
@@ -231,7 +239,11 @@ class Reranker:
         a batch mixes lengths, at the price of up to PACK_STEPS compiled variants per
         padded shape. None (auto) packs on CPU, where the saved FLOPs are the time and a
         compile takes seconds, and not on GPU/TPU, where compiles cost more and the gain
-        was not measured.
+        was not measured; nor on several devices, where packing would gather tokens of
+        rows that live on other devices.
+      devices: the devices the batches are split over (default: all of this process's).
+      shard_params: FSDP-shard the parameters over those devices (for a model that does
+        not fit one device) instead of replicating them. Same scores either way.
     """
 
     def __init__(
@@ -251,6 +263,8 @@ class Reranker:
         reuse_prefix: bool | None = None,
         pack_tokens: bool | None = None,
         prompt_family: str | None = None,
+        devices: Sequence[Any] | None = None,
+        shard_params: bool = False,
     ):
         dtype = dtype or default_dtype()
         if dtype not in COMPUTE_DTYPES:
@@ -260,7 +274,11 @@ class Reranker:
                                  else _check_positive_int("max_batch_tokens", max_batch_tokens))
         self.config = config.replace(dtype=dtype, param_dtype=dtype)
         target = dtype_of(dtype)
-        self.params = jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params))
+        devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = shd.make_mesh(data=1, fsdp=-1, devices=devices) if shard_params else \
+            shd.make_mesh(data=-1, devices=devices)
+        cast = jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params)
+        self.params = jax.device_put(cast, shd.param_shardings(cast, self.mesh))
         self.tokenizer = tokenizer
         self.family = _prompt_family(prompt_family)
         self.prompt = self.family.prompt(tokenizer, max_length, config.max_position_embeddings)
@@ -274,7 +292,9 @@ class Reranker:
         self.reuse_prefix = reuse_prefix
         if pack_tokens not in (None, True, False):
             raise ValueError(f"pack_tokens must be True, False or None (auto), got {pack_tokens!r}")
-        self.pack_tokens = default_pack_tokens() if pack_tokens is None else pack_tokens
+        if pack_tokens is None:
+            pack_tokens = default_pack_tokens() and self.mesh.size == 1
+        self.pack_tokens = pack_tokens
         self.prefix_buckets = prefix_buckets(self.prompt.max_total_length)
         self._score_fn = jitted_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
         self._prefix_fns = jitted_prefix_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
@@ -457,7 +477,7 @@ class Reranker:
                 ids, mask = batch_arrays(sequences, batch, self.pad_id)
                 slots, tokens = self._token_slots([len(sequences[i]) for i in batch.indices], batch, left_padded=True)
                 self.compiled_shapes.add((batch.rows, batch.length, tokens))
-                out = self._score_fn(self.params, ids, mask, slots)
+                out = self._score_fn(self.params, *self._place(ids, mask, slots))
                 if pending is not None:
                     self._collect(scores, *pending, bar)
                 pending = (batch, out)
@@ -489,7 +509,7 @@ class Reranker:
                 prefixes += [prefixes[0]] * (chunk.rows - len(prefixes))  # filler rows, never read
                 ids, mask = left_pad(prefixes, chunk.length, self.pad_id)
                 self.compiled_prefix_shapes.add((chunk.rows, chunk.length))
-                cache = fns.prefill(self.params, ids, mask)
+                cache = fns.prefill(self.params, *self._place(ids, mask))
                 row_of_group = {g: r for r, g in enumerate(chunk.groups.tolist())}
                 for batch in chunk.batches:
                     members = batch.indices.tolist()
@@ -498,6 +518,7 @@ class Reranker:
                     rest_ids, rest_lengths = right_pad([rests[i] for i in members], batch.length, self.pad_id)
                     slots, tokens = self._token_slots([len(rests[i]) for i in batch.indices], batch, left_padded=False)
                     self.compiled_extend_shapes.add((batch.rows, chunk.length, batch.length, tokens))
+                    rows, rest_ids, rest_lengths, slots = self._place(rows, rest_ids, rest_lengths, slots)
                     out = fns.extend(self.params, fns.take(cache, rows), rest_ids, rest_lengths, slots)
                     if pending is not None:
                         self._collect(scores, *pending, bar)
@@ -505,6 +526,15 @@ class Reranker:
             if pending is not None:
                 self._collect(scores, *pending, bar)
         return scores
+
+    def _place(self, *arrays):
+        """Batch arrays on the parameters' mesh, split on their rows (see sharding.place_rows);
+        None (no packing) stays None. A layout never changes what the jitted function
+        computes, only where: each device runs the rows it holds."""
+        mesh = shd.mesh_of(self.params)
+        if mesh is None:
+            return arrays
+        return tuple(None if a is None else shd.place_rows(a, mesh) for a in arrays)
 
     def _token_slots(
         self, lengths: Sequence[int], batch: Batch, left_padded: bool
@@ -518,7 +548,7 @@ class Reranker:
 
     @staticmethod
     def _collect(scores: np.ndarray, batch: Batch, out: jax.Array, bar) -> None:
-        values = np.asarray(out, dtype=np.float32)[: len(batch.indices)]
+        values = shd.fetch(out).astype(np.float32)[: len(batch.indices)]
         if not np.all(np.isfinite(values)):
             bad = batch.indices[~np.isfinite(values)]
             raise FloatingPointError(f"non-finite scores for pairs {bad[:10].tolist()} (check the weights / dtype)")

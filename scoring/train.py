@@ -168,9 +168,9 @@ def validation_reranker(config: ModelConfig, params, tokenizer, *, max_length: i
     """
     from scoring.reranker import Reranker
 
-    reranker = Reranker(config, params, tokenizer, max_length=max_length, dtype=config.dtype,
+    del params  # training params may span processes; validate() lends them, on their own mesh
+    reranker = Reranker(config, None, tokenizer, max_length=max_length, dtype=config.dtype,
                         batch_size=batch_size, show_progress=False, prompt_family=prompt_family)
-    reranker.params = None
     return reranker
 
 

@@ -195,9 +195,14 @@ def place_rows(x: np.ndarray, mesh: Mesh, rules: ShardingRules | None = None) ->
     mesh, or on a training mesh spanning processes during validation.
     """
     x = np.asarray(x)
-    divides = x.ndim and x.shape[0] % batch_divisor(mesh, rules) == 0
-    sharding = batch_sharding(mesh, x.ndim, rules) if divides else replicated(mesh)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.make_array_from_callback(x.shape, rows_sharding(x.shape, mesh, rules), lambda index: x[index])
+
+
+def rows_sharding(shape: Sequence[int], mesh: Mesh, rules: ShardingRules | None = None) -> NamedSharding:
+    """How place_rows lays out an array of `shape`: split on its leading axis over the batch
+    axes when its rows divide, else replicated (so a program can be compiled ahead for it)."""
+    divides = len(shape) and shape[0] % batch_divisor(mesh, rules) == 0
+    return batch_sharding(mesh, len(shape), rules) if divides else replicated(mesh)
 
 
 def fetch(x: jax.Array) -> np.ndarray:

@@ -45,6 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from prorank_jax import __version__
+from prorank_jax import sharding as shd
 from prorank_jax.prompts import EncodedPair, RerankPrompt, document_text, query_text
 from scoring.dynamic_batcher import MIN_VARIABLE_TOKENS, DynamicBatcher, Job, serving_ladder
 from scoring.server_api import (
@@ -222,11 +223,15 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
                             settings.max_batch_tokens, settings.max_batch_rows, reranker.steps_per_octave)
     score_fn, params = reranker._score_fn, reranker.params
 
+    mesh = shd.mesh_of(params)
+
     def run_batch(ids: np.ndarray, mask: np.ndarray):
-        return score_fn(params, ids, mask)
+        # Split on its rows over the reranker's devices (all local ones), as Reranker.predict does.
+        return score_fn(params, *reranker._place(ids, mask))
 
     def compile_shape(rows: int, length: int) -> None:
-        spec = jax.ShapeDtypeStruct((rows, length), np.int32)
+        sharding = None if mesh is None else shd.rows_sharding((rows, length), mesh)
+        spec = jax.ShapeDtypeStruct((rows, length), np.int32, sharding=sharding)
         score_fn.lower(params, spec, spec).compile()
 
     batcher_box: list[DynamicBatcher] = []

@@ -64,6 +64,9 @@ class ServerProcess:
         key_file.write_text(API_KEY + "\n")
         self.log = open(tmp / f"{name}.log", "w+")
         env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+        # The server must compile its shapes itself: /metrics counts those compiles, and the
+        # test session's shared cache (tests/conftest.py) would turn them into cache loads.
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "launch.cli", "serve", "--model", "bundled_warm_start", "--port", str(self.port),
              "--api-key-file", str(key_file), "--log-level", "warning", *extra_args],

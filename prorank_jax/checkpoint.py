@@ -51,8 +51,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from prorank_jax import hf
-from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
+from prorank_jax.files import atomic_text_writer
 from prorank_jax.preemption import any_process, sync_processes
 
 log = logging.getLogger(__name__)

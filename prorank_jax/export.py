@@ -58,6 +58,7 @@ import numpy as np
 
 from prorank_jax import hf
 from prorank_jax.config import ModelConfig
+from prorank_jax.files import replace_dir
 from prorank_jax.prompts import (
     CHAT_PREFIX,
     CHAT_SUFFIX,
@@ -781,7 +782,7 @@ def export_hf(
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             (staged / name).write_text(text)
         check = self_check(staged, config, params, tokenizer_dir, dtype, pairs, family=family)
-        hf._replace_dir(staged, out_dir)
+        replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     print(f"[prorank] exported {checkpoint}{f' step {step}' if step is not None else ''} to {out_dir} "

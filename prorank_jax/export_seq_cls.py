@@ -29,6 +29,7 @@ import numpy as np
 
 from prorank_jax import hf
 from prorank_jax.config import ModelConfig
+from prorank_jax.files import replace_dir
 
 SEQ_CLS_ARCHITECTURES = {"qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification"}
 SCORE_WEIGHT = "score.weight"
@@ -213,7 +214,7 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
         if not np.all(np.isfinite(got)) or not diff <= ex.CHECK_ATOL:
             raise ex.ExportCheckError(f"{out_dir}: the classifier's scores differ from the checkpoint's by up to "
                                       f"{diff:.3g} (tolerance {ex.CHECK_ATOL:g}) on {len(pairs)} pairs")
-        hf._replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"[prorank] exported {source} to {out_dir} as {hf_config['architectures'][0]} ({dtype}); "

@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from prorank_jax.config import ModelConfig
+from prorank_jax.files import replace_dir
 from prorank_jax.model import dtype_of
 
 # HF tensor suffix under "model.layers.{i}." -> (path under params["model"]["layers"], transposed)
@@ -314,7 +315,7 @@ def save(
                 raise CheckpointError(f"{tokenizer_dir}: no tokenizer files found (looked for {TOKENIZER_FILES})")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -329,16 +330,3 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     return copied
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing dst is swapped out, then removed."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-

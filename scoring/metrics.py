@@ -37,8 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ir_measures
 
-from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.data.trec import ranked_doc_ids
+from prorank_jax.files import atomic_text_writer
 
 logger = logging.getLogger(__name__)
 

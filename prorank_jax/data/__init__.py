@@ -21,7 +21,7 @@ from prorank_jax.data.examples import (
     mine_hard_negatives,
     pair_examples,
 )
-from prorank_jax.data.jsonl import atomic_text_writer, read_jsonl, write_jsonl
+from prorank_jax.data.jsonl import read_jsonl, write_jsonl
 from prorank_jax.data.sources import (
     hf_group_examples,
     hf_pair_examples,
@@ -33,6 +33,7 @@ from prorank_jax.data.sources import (
     write_pair_jsonl,
 )
 from prorank_jax.data.trec import ranked_doc_ids, read_run, write_run
+from prorank_jax.files import atomic_text_writer
 
 # The pipeline imports grain (and with it jax), seconds of import time that
 # readers of data files should not pay: loaded on first use.

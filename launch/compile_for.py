@@ -43,7 +43,7 @@ EXIT_DOES_NOT_FIT = 3
 def tokenizer_dir_of(source) -> Path:
     """The tokenizer folder a run with this ModelSource would load (as pretrained.load_model)."""
     from prorank_jax.checkpoint import TOKENIZER_DIR
-    from prorank_jax.data import bundled_tokenizer_dir
+    from prorank_jax.bundled import bundled_tokenizer_dir
     from prorank_jax.pretrained import BUNDLED, BUNDLED_WARM_START, has_tokenizer, is_run_folder
 
     if source.tokenizer and source.tokenizer != BUNDLED:
@@ -120,7 +120,7 @@ def _validation_spec(name: str, s: Setup, rows: int, max_length: int, mesh, para
     the compute dtype with `param_shardings` on `mesh`, the batch split on its rows over the
     mesh's batch axes when they divide it, else replicated (sharding.place_rows)."""
     from launch.dry_run import abstract_params
-    from prorank_jax.model import dtype_of
+    from prorank_jax.dtypes import dtype_of
     from prorank_jax.prompts import RerankPrompt
     from scoring.batching import length_buckets
     from scoring.reranker import default_dtype, jitted_scorer

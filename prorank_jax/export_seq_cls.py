@@ -38,7 +38,7 @@ SCORE_WEIGHT = "score.weight"
 def seq_cls_tensors(params, config: ModelConfig, yes_id: int, no_id: int, dtype: str) -> dict[str, np.ndarray]:
     """The classifier's state dict: the decoder's tensors and score.weight = W[yes] - W[no] (one row),
     formed in float32 and then cast to dtype."""
-    from prorank_jax.model import dtype_of
+    from prorank_jax.dtypes import dtype_of
 
     tensors = hf.hf_tensors_from_params(params, config, "float32")
     head = tensors.pop("lm_head.weight", None)

@@ -552,7 +552,8 @@ def parse_front_matter(card: str) -> dict:
 def check_pairs(limit: int = 8) -> list[tuple[str, str]]:
     """A few (query, document) pairs from the bundled data (relevant and not), else built-in ones."""
     try:
-        from prorank_jax.data import bundled_data_dir, document_text
+        from prorank_jax.bundled import bundled_data_dir
+        from prorank_jax.data import join_title_text
 
         folder = bundled_data_dir()
         queries = [json.loads(x) for x in (folder / "queries.jsonl").read_text().splitlines() if x.strip()]
@@ -560,7 +561,7 @@ def check_pairs(limit: int = 8) -> list[tuple[str, str]]:
         pairs = []
         for i, q in enumerate(queries[: limit // 2]):
             for d in (docs[i % len(docs)], docs[(i * 7 + 3) % len(docs)]):
-                pairs.append((q["text"], document_text(d.get("title", ""), d["text"])))
+                pairs.append((q["text"], join_title_text(d.get("title", ""), d["text"])))
         return pairs[:limit] or list(FALLBACK_PAIRS)
     except (OSError, KeyError, ValueError, ImportError):
         return list(FALLBACK_PAIRS)
@@ -588,7 +589,7 @@ def score_pairs(config: ModelConfig, params, tokenizer, pairs: Sequence[tuple[st
 def _round_to(params, dtype: str):
     import jax
 
-    from prorank_jax.model import dtype_of
+    from prorank_jax.dtypes import dtype_of
 
     target = np.dtype(dtype_of(dtype))
     return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(target).astype(np.float32), params)
@@ -681,7 +682,7 @@ def _resolve_source(checkpoint: Path, step: int | None):
 
         try:
             config, params = hf.load(checkpoint)
-        except hf.CheckpointError as err:
+        except hf.HFFolderError as err:
             raise ExportError(str(err)) from err
         return config, params, checkpoint if has_tokenizer(checkpoint) else None, None, None
     raise ExportError(f"{checkpoint}: neither a prorank run folder (run_config.json + model_config.json + "

@@ -16,7 +16,7 @@ import jax
 
 from prorank_jax import hf, model
 from prorank_jax.config import ModelConfig
-from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir
+from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
 
 BUNDLED = "bundled"
 # model.path of the bundled self-supervised warm start of the tiny model (an HF folder

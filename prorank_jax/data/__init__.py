@@ -1,11 +1,10 @@
 """Data formats and example builders: BEIR folders, TREC runs, JSONL, the bundled tiny dataset;
 example sources (JSONL, HF datasets, tfds) and the grain batch pipelines."""
 
+from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
 from prorank_jax.data.beir import (
     BeirData,
-    bundled_data_dir,
-    bundled_tokenizer_dir,
-    document_text,
+    join_title_text,
     load_beir,
     load_corpus,
     load_qrels,
@@ -59,10 +58,10 @@ __all__ = [
     "atomic_text_writer",
     "bundled_data_dir",
     "bundled_tokenizer_dir",
-    "document_text",
     "group_examples",
     "hf_group_examples",
     "hf_pair_examples",
+    "join_title_text",
     "load_beir",
     "load_corpus",
     "load_examples",

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prorank_jax.data.beir import bundled_data_dir, load_beir
+from prorank_jax.bundled import bundled_data_dir
+from prorank_jax.data.beir import load_beir
 from prorank_jax.data.errors import DataError
 from prorank_jax.data.examples import GroupExample, PairExample, group_examples, pair_examples
 from prorank_jax.data.jsonl import read_jsonl, write_jsonl

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from prorank_jax.data.beir import available_splits, bundled_data_dir, load_beir
+from prorank_jax.bundled import bundled_data_dir
+from prorank_jax.data.beir import available_splits, load_beir
 from prorank_jax.data.examples import group_examples, pair_examples
 from prorank_jax.data.sources import group_to_row, pair_to_row
 

@@ -201,7 +201,7 @@ def default_buckets(max_total_length: int, model_max_length: int | None = None) 
     return (*buckets, top)
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
+def smallest_bucket_for(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= length; a longer sequence is an error (never cut here)."""
     for b in buckets:
         if length <= b:
@@ -254,7 +254,7 @@ def collate_pairs(
     """Stage-1 arrays and this batch's counter increments; rows beyond ``rows`` are padding."""
     real = [r for r in rows if not isinstance(r, _Padding)]
     encoded = prompt.encode_batch([r.query for r in real], [r.document for r in real], instruction=instruction)
-    length = bucket_length(max((len(e) for e in encoded), default=1), buckets)
+    length = smallest_bucket_for(max((len(e) for e in encoded), default=1), buckets)
     sequences: list[tuple[int, ...]] = []
     labels = np.zeros((batch_size,), np.int32)
     example_mask = np.zeros((batch_size,), np.int32)
@@ -314,7 +314,7 @@ def collate_groups(
             labels[i, j] = label
             doc_mask[i, j] = 1
     encoded = prompt.encode_batch(queries, documents, instruction=instruction)
-    length = bucket_length(max((len(e) for e in encoded), default=1), buckets)
+    length = smallest_bucket_for(max((len(e) for e in encoded), default=1), buckets)
     sequences: list[tuple[int, ...]] = [()] * (batch_size * slots)
     for (i, j), enc in zip(where, encoded):
         sequences[i * slots + j] = enc.input_ids

@@ -85,6 +85,8 @@ def encoded_index(prompt, examples):
         ({"source": "jsonl"}, "path"),
         ({"shuffle": 1}, "shuffle"),
         ({"max_length": True}, "max_length"),
+        ({"tfds_name": "prorank_bundled/pairs"}, "tfds_name"),
+        ({"source": "tfds", "path": "tfds_data", "tfds_name": ""}, "tfds_name"),
     ],
 )
 def test_data_config_validation_names_the_field(overrides, field):

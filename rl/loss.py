@@ -21,10 +21,7 @@ AggregationFn = Callable[[jnp.ndarray, jnp.ndarray, int], tuple[jnp.ndarray, jnp
 _AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
 register_loss_aggregation = _AGGREGATIONS.register
 registered_loss_aggregations = _AGGREGATIONS.names
-
-
-def get_loss_aggregation(name: str) -> AggregationFn:
-    return _AGGREGATIONS[name]
+get_loss_aggregation = _AGGREGATIONS.__getitem__  # unknown name: KeyError listing the registered ones
 
 
 @register_loss_aggregation("grpo")

@@ -572,7 +572,7 @@ def score_pairs(config: ModelConfig, params, tokenizer, pairs: Sequence[tuple[st
     import jax.numpy as jnp
 
     from prorank_jax.prompts import left_pad, make_prompt
-    from scoring.score import rerank_scores
+    from prorank_jax.score import rerank_scores
 
     config = config.replace(dtype="float32", param_dtype="float32")
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)

@@ -18,10 +18,11 @@ import numpy as np
 from prorank_jax import sampling, training
 from prorank_jax import sharding as shd
 from prorank_jax.config import ModelConfig
+from prorank_jax.score import rerank_scores
 from rl.config import GRPOConfig
 from rl.loss import grpo_loss_terms, reduce_sums
+from rl.metrics import binary_auc
 from rl.rollout import agree_width, completion_logprobs, rollout, sampling_config
-from scoring.score import rerank_scores
 
 
 def grpo_loss(params, batch: Mapping[str, jax.Array], *, config: ModelConfig, grpo: GRPOConfig):
@@ -84,8 +85,6 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
     calls as global arrays (as in rl.rollout) and the per-pair results of all processes are
     gathered before the metrics are taken, so every process returns the same numbers.
     """
-    from scoring.metrics import binary_auc
-
     greedy = dataclasses.replace(sampler, greedy=True, temperature=0.0)
     mesh = shd.mesh_of(params)
     to_device = dict if mesh is None else functools.partial(shd.shard_batch, mesh=mesh)

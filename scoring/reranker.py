@@ -6,7 +6,7 @@
 
 Semantics follow mxbai-rerank 0.1.6 (MxbaiRerankV2 + BaseReranker):
   * prompts and truncation are prorank_jax.prompts (checked id for id against mxbai);
-  * the score is scoring.score.rerank_scores: logit("1") - logit("0") at the last position,
+  * the score is prorank_jax.score.rerank_scores: logit("1") - logit("0") at the last position,
     float32 whatever the compute dtype;
   * normalize=True is sigmoid(score - estimated_max / 2) (sigmoid(score), the probability of
     "yes", for the qwen3-reranker prompt family); estimated_max defaults to mxbai's
@@ -36,7 +36,7 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     the groups into chunks of batch_size. Each chunk's prefixes are prefilled once, left-padded
     to a power-of-two `prefix_buckets` length P, into a KV cache; each batch of the chunk's
     pairs then gathers its rows of that cache and runs only the remainders, right-padded to a
-    `length_buckets` length R, on top of it (scoring.score.scores_after_prefix; the score is
+    `length_buckets` length R, on top of it (prorank_jax.score.scores_after_prefix; the score is
     read at each row's last real token). Filler rows pad chunks and batches as above, so the
     model programs this path compiles are at most
         len(row_sizes(B)) * len(prefix_buckets(L)) * (1 + len(length_buckets(L)))
@@ -108,7 +108,7 @@ from scoring.batching import (
     shared_prefix_lengths,
     token_slots,
 )
-from scoring.score import prefix_cache, rerank_scores, scores_after_cache
+from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 8192  # mxbai's default
@@ -179,7 +179,7 @@ def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
 
 @dataclass(frozen=True)
 class PrefixScorer:
-    """The shared-prefix path's jitted pieces (see scoring.score):
+    """The shared-prefix path's jitted pieces (see prorank_jax.score):
       prefill(params, prefix_ids, prefix_mask) -> cache, compiled per (rows, prefix bucket);
       take(cache, rows) -> the rows' caches, a gather compiled per (chunk rows, prefix
         bucket, batch rows) with no model inside, so it compiles in milliseconds;
@@ -490,7 +490,7 @@ class Reranker:
     ) -> np.ndarray:
         """The shared-prefix path: each chunk of query groups has its prefixes prefilled once,
         then every batch of its pairs gathers its rows of that cache and runs only the
-        remainders (see plan_prefix_chunks and scoring.score.scores_after_prefix)."""
+        remainders (see plan_prefix_chunks and prorank_jax.score.scores_after_prefix)."""
         split = shared_prefix_lengths(sequences, group_of)
         rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
         chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,

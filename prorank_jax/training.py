@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -219,17 +218,6 @@ def mean_metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     rows = jax.device_get(rows)
     keys = rows[0].keys() if rows else []
     return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows])) for k in keys}
-
-
-def learning_rate_at(config: OptimizerConfig, total_steps: int, step: int) -> float:
-    """The schedule's value at a step, for logging (same formula as make_optimizer)."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.learning_rate * step / config.warmup_steps
-    decay_steps = max(total_steps, config.warmup_steps + 1) - config.warmup_steps
-    progress = min(max(step - config.warmup_steps, 0) / decay_steps, 1.0)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    end = config.learning_rate * config.end_lr_ratio
-    return end + (config.learning_rate - end) * cosine
 
 
 Batches = Iterator[Mapping[str, Any]]

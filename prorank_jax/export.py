@@ -301,14 +301,16 @@ def base_model_of(run_config: Mapping[str, Any], seen: int = 0) -> str | None:
     path = model.get("path") if isinstance(model, Mapping) else None
     if not path or seen > 4:
         return None
+    from prorank_jax.run_folder import RUN_CONFIG_FILE
+
     path = str(path)
     cache = _HF_CACHE.search(path)
     if cache:
         return f"{cache.group(1)}/{cache.group(2)}"
     local = Path(path)
-    if (local / "run_config.json").is_file():
+    if (local / RUN_CONFIG_FILE).is_file():
         try:
-            return base_model_of(json.loads((local / "run_config.json").read_text()), seen + 1)
+            return base_model_of(json.loads((local / RUN_CONFIG_FILE).read_text()), seen + 1)
         except json.JSONDecodeError:
             return None
     if local.exists():
@@ -651,40 +653,36 @@ def _hf_token() -> str | None:
 
 def _resolve_source(checkpoint: Path, step: int | None):
     """(config, params, tokenizer dir or None, run folder or None, step)."""
-    from prorank_jax.pretrained import is_run_folder
+    from prorank_jax.pretrained import load_pretrained
+    from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, folder_kind
 
     if not checkpoint.is_dir():
         raise ExportError(f"{checkpoint}: --checkpoint folder does not exist")
-    if is_run_folder(checkpoint):
+    kind = folder_kind(checkpoint)
+    if kind is None:
+        raise ExportError(f"{checkpoint}: neither a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + "
+                          f"{CHECKPOINTS_DIR}/) nor an HF checkpoint folder (config.json + safetensors)")
+    if kind == HF_FOLDER and step is not None:
+        raise ExportError(f"{checkpoint}: --step applies to prorank run folders; this is an HF folder")
+    errors: tuple[type[Exception], ...] = (hf.CheckpointError,)
+    if kind == RUN_FOLDER:
         from prorank_jax import checkpoint as ckpt
 
-        steps_dir = checkpoint / ckpt.CHECKPOINTS_DIR
-        if not steps_dir.is_dir():
-            raise ExportError(f"{checkpoint}: run folder has no {ckpt.CHECKPOINTS_DIR}/ folder")
-        resolved = step
-        if resolved is None:
+        errors += (ckpt.CheckpointError,)
+        if step is None:
+            steps_dir = checkpoint / CHECKPOINTS_DIR
             complete, broken = ckpt.scan_steps(steps_dir)
             if not complete:
                 listing = "".join(f"\n  {p}: {why}" for p, why in broken.items())
                 raise ExportError(f"{steps_dir}: holds no complete checkpoint{listing}")
-            resolved = complete[-1]
-        try:
-            config, params, tokenizer_dir = ckpt.load_for_inference(checkpoint, step=resolved)
-        except ckpt.CheckpointError as err:
-            raise ExportError(str(err)) from err
-        return config, params, tokenizer_dir, checkpoint, int(resolved)
-    if (checkpoint / "config.json").is_file():
-        if step is not None:
-            raise ExportError(f"{checkpoint}: --step applies to prorank run folders; this is an HF folder")
-        from prorank_jax.pretrained import has_tokenizer
-
-        try:
-            config, params = hf.load(checkpoint)
-        except hf.CheckpointError as err:
-            raise ExportError(str(err)) from err
-        return config, params, checkpoint if has_tokenizer(checkpoint) else None, None, None
-    raise ExportError(f"{checkpoint}: neither a prorank run folder (run_config.json + model_config.json + "
-                      "checkpoints/) nor an HF checkpoint folder (config.json + safetensors)")
+            step = complete[-1]
+    try:
+        config, params, tokenizer_dir = load_pretrained(checkpoint, step=step)
+    except errors as err:
+        raise ExportError(str(err)) from err
+    if kind == RUN_FOLDER:
+        return config, params, tokenizer_dir, checkpoint, int(step)
+    return config, params, tokenizer_dir, None, None
 
 
 def export_hf(

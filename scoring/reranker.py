@@ -80,13 +80,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from prorank_jax import hf
 from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of, take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
 from prorank_jax.prompts import prompt_family as _prompt_family
-from prorank_jax.pretrained import is_run_folder, load_tokenizer
+from prorank_jax.pretrained import load_pretrained, load_tokenizer
+from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, TOKENIZER_DIR, folder_kind
+from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
 from scoring.batching import (
     DEFAULT_STEPS_PER_OCTAVE,
     PACK_STEPS,
@@ -108,13 +109,11 @@ from scoring.batching import (
     shared_prefix_lengths,
     token_slots,
 )
-from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 8192  # mxbai's default
 # reuse_prefix=None (auto) takes the shared-prefix path from this many pairs per query on.
 AUTO_REUSE_MIN_PAIRS_PER_QUERY = 2
-RUN_FOLDER_FILES = ("run_config.json", "model_config.json")
 
 
 class TruncationWarning(UserWarning):
@@ -334,24 +333,19 @@ class Reranker:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")
-        if is_run_folder(path):
-            # Imported only here: orbax is heavy and HF folders do not need it.
-            from prorank_jax.checkpoint import load_for_inference
-
-            config, params, tokenizer_dir = load_for_inference(path, step=step)
-            tokenizer_dir = tokenizer if tokenizer is not None else tokenizer_dir
-            if tokenizer_dir is None:
-                raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
-        elif (path / "config.json").is_file():
-            if step is not None:
-                raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
-            config, params = hf.load(path)
-            tokenizer_dir = tokenizer if tokenizer is not None else path
-        else:
+        kind = folder_kind(path)
+        if kind is None:
             raise FileNotFoundError(
                 f"{path}: neither an HF model folder (config.json + model.safetensors + tokenizer files) "
-                f"nor a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + tokenizer/ + checkpoints/)"
+                f"nor a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + {TOKENIZER_DIR}/ + {CHECKPOINTS_DIR}/)"
             )
+        if kind == HF_FOLDER and step is not None:
+            raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
+        config, params, own_tokenizer = load_pretrained(path, step=step)
+        if kind == RUN_FOLDER and own_tokenizer is None and tokenizer is None:
+            raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
+        # An HF folder's own tokenizer files are its folder (load_tokenizer names what is missing).
+        tokenizer_dir = tokenizer if tokenizer is not None else own_tokenizer or path
         return cls(
             config,
             params,

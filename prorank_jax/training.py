@@ -169,6 +169,22 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     )
 
 
+def lazy_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh: Mesh,
+                    state_sharding: TrainState, per_batch: Callable | None = None):
+    """make_train_step built on the first batch (its keys and ranks fix the shardings), each
+    host batch laid out on the mesh once. per_batch(compiled step) -> step wraps the compiled
+    step for a stage that runs it more than once per batch (rl.train.repeated_updates)."""
+    compiled = {}
+
+    def step(state, batch):
+        if "fn" not in compiled:
+            fn = make_train_step(loss_fn, optimizer, mesh=mesh, state_sharding=state_sharding, batch_example=batch)
+            compiled["fn"] = fn if per_batch is None else per_batch(fn)
+        return compiled["fn"](state, shd.shard_batch(batch, mesh))
+
+    return step
+
+
 # ----------------------------------------------------------------------------- metrics
 class MetricsLogger:
     """Appends one JSON object per logged step to <out>/metrics.jsonl (flushed each time)

@@ -29,6 +29,7 @@ import numpy as np
 
 from prorank_jax import hf
 from prorank_jax.config import ModelConfig
+from prorank_jax.status import STATUS
 
 SEQ_CLS_ARCHITECTURES = {"qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification"}
 SCORE_WEIGHT = "score.weight"
@@ -216,7 +217,6 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
         hf._replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"[prorank] exported {source} to {out_dir} as {hf_config['architectures'][0]} ({dtype}); "
-          f"self-check: {len(pairs)} pairs, max |reloaded - checkpoint| = {diff:.2e} (<= {ex.CHECK_ATOL:g})",
-          flush=True)
+    STATUS.info("exported %s to %s as %s (%s); self-check: %d pairs, max |reloaded - checkpoint| = %.2e (<= %g)",
+                source, out_dir, hf_config["architectures"][0], dtype, len(pairs), diff, ex.CHECK_ATOL)
     return out_dir

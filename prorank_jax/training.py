@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from prorank_jax import sharding as shd
+from prorank_jax.status import STATUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +325,7 @@ def run_loop(
                 logger.advance()
                 if preemption.stop_requested():
                     save(done)
-                    print(f"[prorank] preemption signal: saved step {done}, stopping", flush=True)
+                    STATUS.info("preemption signal: saved step %d, stopping", done)
                     completed = done == loop.steps
                     break
                 if done == loop.steps or (loop.save_every and done % loop.save_every == 0):

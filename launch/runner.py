@@ -1,8 +1,9 @@
-"""Set-up shared by `prorank train-grpo` and `prorank train-score`.
+"""Set-up pieces of the training commands (launch/stage_runner.py runs the body).
 
-Initialises multi-host JAX when launched that way, builds the mesh, loads the model,
-shards params and optimizer state by the rule table, and resumes from the latest
-complete checkpoint of the output folder when there is one.
+The config sections both stages share and the run's prompt family (build_sections, also
+used by --compile-for), multi-host JAX initialisation from the launch scripts' variables,
+and start_run: load the model, shard params and optimizer state by the rule table on the
+mesh, and resume from the latest complete checkpoint of the output folder when there is one.
 """
 
 from __future__ import annotations

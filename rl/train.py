@@ -1,4 +1,6 @@
-"""Stage 1: the GRPO train loop (rollout on the host side, jitted sharded update).
+"""Stage 1: the GRPO loss, the rollout stage the loop pulls batches from, the update of one
+rollout (several optimizer steps when grpo.updates_per_rollout > 1) and the held-out
+greedy accuracy.
 
 The loss is a pure function of (params, batch); the loop, optimizer, sharding,
 non-finite guard, metrics and checkpoints come from prorank_jax.training.

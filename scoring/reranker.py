@@ -24,10 +24,8 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
   * the last batch of a call is filled up with copies of its first row to the next power of
     two (at most batch_size), so the number of compiled shapes stays bounded:
         at most len(length_buckets(L)) * len(row_sizes(B))
-    for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`); for
-    Qwen2.5 with max_length=8192 (L = 8192 + 77-token template) and B = 32 that is
-    37 lengths x 6 row counts = 222 shapes at most, and one call compiles at most one
-    shape per batch it runs;
+    for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`), and one
+    call compiles at most one shape per batch it runs;
   * pairs of one query share their first tokens (chat prefix + query ids, the same for every
     document since the query is cut on its own), and by default (reuse_prefix=None) a call
     with at least 2 pairs per distinct query, so rank() with 2+ documents, computes them once:
@@ -40,8 +38,7 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     read at each row's last real token). Filler rows pad chunks and batches as above, so the
     model programs this path compiles are at most
         len(row_sizes(B)) * len(prefix_buckets(L)) * (1 + len(length_buckets(L)))
-    (see `max_compiled_prefix_shapes`): 6 x 11 x 38 = 2508 for the Qwen2.5 example, of which
-    a rank() call touches one prefill shape and the extend shapes of its remainder buckets,
+    (see `max_compiled_prefix_shapes`), of which a rank() call touches one prefill shape and the extend shapes of its remainder buckets,
     about as many as the whole-prompt path compiles for it; the gather between the two is a
     model-free program per (chunk rows, P, batch rows), compiled in milliseconds. Whole
     prompts and the shared-prefix path give the same scores to float noise;
@@ -51,9 +48,9 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     (model.forward_hidden's token_slots); attention alone sees the padded rows x length
     layout. Padding then costs attention work only, and filler rows cost nothing. The
     packed length is the real token count rounded up to 1/PACK_STEPS (8) of the padded
-    batch, so each padded shape above compiles in at most 8 packed variants: the bounds
-    above times 8 (1,776 and 6 x 11 x (1 + 8 x 37) = 19,602 for the Qwen2.5 example), of
-    which a call meets at most one per batch;
+    batch, so each padded shape above compiles in at most PACK_STEPS packed variants (the
+    bounds with packed_per_shape=PACK_STEPS; tests/scoring/test_compile_bounds.py works them
+    out for Qwen2.5 at max_length=8192), of which a call meets at most one per batch;
   * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
   * every local device takes part: the parameters sit on a mesh over this process's
     devices (replicated, or FSDP-sharded by prorank_jax.sharding's rule table with

@@ -52,6 +52,7 @@ from prorank_jax.export.seq_cls import (
 from prorank_jax.files import replace_dir
 from prorank_jax.prompts import MXBAI_V2, PRORANK_FILE, RerankPrompt, detect_prompt_family, prorank_file_text
 from prorank_jax.prompts import prompt_family as _prompt_family
+from prorank_jax.status import STATUS
 
 EXPORT_DTYPES = ("float32", "bfloat16")
 
@@ -68,40 +69,36 @@ class ExportResult:
 
 def _resolve_source(checkpoint: Path, step: int | None):
     """(config, params, tokenizer dir or None, run folder or None, step)."""
-    from prorank_jax.pretrained import is_run_folder
+    from prorank_jax.pretrained import load_pretrained
+    from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, folder_kind
 
     if not checkpoint.is_dir():
         raise ExportError(f"{checkpoint}: --checkpoint folder does not exist")
-    if is_run_folder(checkpoint):
+    kind = folder_kind(checkpoint)
+    if kind is None:
+        raise ExportError(f"{checkpoint}: neither a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + "
+                          f"{CHECKPOINTS_DIR}/) nor an HF checkpoint folder (config.json + safetensors)")
+    if kind == HF_FOLDER and step is not None:
+        raise ExportError(f"{checkpoint}: --step applies to prorank run folders; this is an HF folder")
+    errors: tuple[type[Exception], ...] = (hf.HFFolderError,)
+    if kind == RUN_FOLDER:
         from prorank_jax import checkpoint as ckpt
 
-        steps_dir = checkpoint / ckpt.CHECKPOINTS_DIR
-        if not steps_dir.is_dir():
-            raise ExportError(f"{checkpoint}: run folder has no {ckpt.CHECKPOINTS_DIR}/ folder")
-        resolved = step
-        if resolved is None:
+        errors += (ckpt.CheckpointError,)
+        if step is None:
+            steps_dir = checkpoint / CHECKPOINTS_DIR
             complete, broken = ckpt.scan_steps(steps_dir)
             if not complete:
                 listing = "".join(f"\n  {p}: {why}" for p, why in broken.items())
                 raise ExportError(f"{steps_dir}: holds no complete checkpoint{listing}")
-            resolved = complete[-1]
-        try:
-            config, params, tokenizer_dir = ckpt.load_for_inference(checkpoint, step=resolved)
-        except ckpt.CheckpointError as err:
-            raise ExportError(str(err)) from err
-        return config, params, tokenizer_dir, checkpoint, int(resolved)
-    if (checkpoint / "config.json").is_file():
-        if step is not None:
-            raise ExportError(f"{checkpoint}: --step applies to prorank run folders; this is an HF folder")
-        from prorank_jax.pretrained import has_tokenizer
-
-        try:
-            config, params = hf.load(checkpoint)
-        except hf.HFFolderError as err:
-            raise ExportError(str(err)) from err
-        return config, params, checkpoint if has_tokenizer(checkpoint) else None, None, None
-    raise ExportError(f"{checkpoint}: neither a prorank run folder (run_config.json + model_config.json + "
-                      "checkpoints/) nor an HF checkpoint folder (config.json + safetensors)")
+            step = complete[-1]
+    try:
+        config, params, tokenizer_dir = load_pretrained(checkpoint, step=step)
+    except errors as err:
+        raise ExportError(str(err)) from err
+    if kind == RUN_FOLDER:
+        return config, params, tokenizer_dir, checkpoint, int(step)
+    return config, params, tokenizer_dir, None, None
 
 
 def _check_dtype(dtype: str) -> None:
@@ -272,7 +269,6 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"[prorank] exported {source} to {out_dir} as {hf_config['architectures'][0]} ({dtype}); "
-          f"self-check: {len(pairs)} pairs, max |reloaded - checkpoint| = {diff:.2e} (<= {CHECK_ATOL:g})",
-          flush=True)
+    STATUS.info("exported %s to %s as %s (%s); self-check: %d pairs, max |reloaded - checkpoint| = %.2e (<= %g)",
+                source, out_dir, hf_config["architectures"][0], dtype, len(pairs), diff, CHECK_ATOL)
     return out_dir

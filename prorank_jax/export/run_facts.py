@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from prorank_jax.export.errors import ExportError
+from prorank_jax.run_folder import RUN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,9 @@ def base_model_of(run_config: Mapping[str, Any], seen: int = 0) -> str | None:
     if cache:
         return f"{cache.group(1)}/{cache.group(2)}"
     local = Path(path)
-    if (local / "run_config.json").is_file():
+    if (local / RUN_CONFIG_FILE).is_file():
         try:
-            return base_model_of(json.loads((local / "run_config.json").read_text()), seen + 1)
+            return base_model_of(json.loads((local / RUN_CONFIG_FILE).read_text()), seen + 1)
         except json.JSONDecodeError:
             return None
     if local.exists():

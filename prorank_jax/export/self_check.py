@@ -54,12 +54,12 @@ def check_pairs(limit: int = 8) -> list[tuple[str, str]]:
 
 def score_pairs(config: ModelConfig, params, tokenizer, pairs: Sequence[tuple[str, str]],
                 max_length: int = 512, family: str = MXBAI_V2) -> np.ndarray:
-    """Float32 scores of pairs (the family's prompt, float32 compute) with scoring.score.rerank_scores."""
+    """Float32 scores of pairs (the family's prompt, float32 compute) with prorank_jax.score.rerank_scores."""
     import jax
     import jax.numpy as jnp
 
     from prorank_jax.prompts import left_pad, make_prompt
-    from scoring.score import rerank_scores
+    from prorank_jax.score import rerank_scores
 
     config = config.replace(dtype="float32", param_dtype="float32")
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)

@@ -212,8 +212,8 @@ def export_hf(
         replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
-    print(f"[prorank] exported {checkpoint}{f' step {step}' if step is not None else ''} to {out_dir} "
-          f"({dtype}); {check.line()}", flush=True)
+    STATUS.info("exported %s%s to %s (%s); %s", checkpoint, f" step {step}" if step is not None else "", out_dir,
+                dtype, check.line())
 
     pushed = None
     if push_to_hub is not None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from prorank_jax.export.errors import ExportError
+from prorank_jax.status import STATUS
 
 
 def hf_token() -> str | None:
@@ -31,5 +32,5 @@ def push_folder(folder: Path, repo_id: str) -> str:
     url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                       commit_message="Upload ProRank reranker exported by prorank-jax")
-    print(f"[prorank] pushed {folder} to {url}", flush=True)
+    STATUS.info("pushed %s to %s", folder, url)
     return str(url)

@@ -39,7 +39,7 @@ def peak_matmul_flops(dtype, n: int = 8192, repeats: int = 5) -> float:
 
 
 def parity(config, params, rows: int = 8, length: int = 256) -> dict[str, float]:
-    from scoring.score import rerank_scores
+    from prorank_jax.score import rerank_scores
 
     rng = np.random.RandomState(0)
     ids = rng.randint(0, config.vocab_size, (rows, length)).astype(np.int32)

@@ -14,7 +14,7 @@ update per rollout, AdamW at a constant learning rate, gradients clipped to norm
   * prorank-jax: the `prorank train-grpo` code path. Prompts come from the bundled
     stage-1 data through make_stage1_iterator + RerankPrompt (grpo_tiny's data
     settings); rl.train.GRPOStage.produce does the rollout (jitted sampling, rewards,
-    group advantages, reference log-probs) and launch.runner.lazy_train_step wraps
+    group advantages, reference log-probs) and rl.train.grpo_train_step runs
     prorank_jax.training.make_train_step around rl.train.grpo_loss (jax.jit, float32).
   * TRL: trl.GRPOTrainer (transformers generate + PyTorch autograd, float32, CPU) on
     the same prompts decoded to text (re-encoding them reproduces the same token ids;
@@ -46,7 +46,6 @@ import jax
 import numpy as np
 
 from bench.common import machine_line
-from launch.runner import Run, lazy_train_step
 from prorank_jax import hf, model, training
 from prorank_jax import sampling as smp
 from prorank_jax.config import ModelConfig
@@ -55,7 +54,7 @@ from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_sta
 from prorank_jax.prompts import RerankPrompt
 from rl.config import GRPOConfig
 from rl.rewards import get_reward
-from rl.train import GRPOStage, grpo_loss
+from rl.train import GRPOStage, grpo_train_step
 
 
 def build_model(folder: Path, seed: int) -> Path:
@@ -119,17 +118,14 @@ def jax_side(folder: Path, grpo: GRPOConfig, data: DataConfig, opt: training.Opt
     params = jax.device_put(params, state_sharding.params)
     state = jax.jit(lambda p: training.init_train_state(p, tx), out_shardings=state_sharding)(params)
     # The pieces start_run builds, minus checkpointing and run metadata.
-    run = Run(out_dir=None, config=config, tokenizer_dir=folder, mesh=mesh, optimizer=tx, state=state,
-              state_sharding=state_sharding, checkpointer=None, initial_params=params, data_state=None,
-              resumed_from=None, base_rng=jax.random.key(0))
+    base_rng = jax.random.key(0)
     prompts = Recorder(prompt_iterator(tokenizer, data, config.max_position_embeddings))
-    stage = GRPOStage(config, grpo, tokenizer, ref_params=run.initial_params, prompts=prompts)
-    step = lazy_train_step(lambda p, b: grpo_loss(p, b, config=config, grpo=grpo), run,
-                           updates_per_batch=grpo.updates_per_rollout)
+    stage = GRPOStage(config, grpo, tokenizer, ref_params=params, prompts=prompts)
+    step = grpo_train_step(config, grpo, tx, mesh=mesh, state_sharding=state_sharding)
     seconds, cpu_seconds, metrics = [], [], []
     for i in range(total):
         start, cpu_start = time.perf_counter(), time.process_time()
-        out = stage.produce(state, training.step_rng(run.base_rng, i))
+        out = stage.produce(state, training.step_rng(base_rng, i))
         state, m = step(state, out.batch)
         m = jax.device_get(m)
         seconds.append(time.perf_counter() - start)

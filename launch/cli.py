@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints the usage error and exits
+    # Library modules log their status lines; the command line shows them as "[prorank] ...".
+    from prorank_jax.status import install_cli_handler
+
+    install_cli_handler()
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

@@ -40,24 +40,6 @@ from prorank_jax import sharding as shd
 EXIT_DOES_NOT_FIT = 3
 
 
-def tokenizer_dir_of(source) -> Path:
-    """The tokenizer folder a run with this ModelSource would load (as pretrained.load_model)."""
-    from prorank_jax.checkpoint import TOKENIZER_DIR
-    from prorank_jax.data import bundled_tokenizer_dir
-    from prorank_jax.pretrained import BUNDLED, BUNDLED_WARM_START, has_tokenizer, is_run_folder
-
-    if source.tokenizer and source.tokenizer != BUNDLED:
-        return Path(source.tokenizer)
-    if source.path and source.path != BUNDLED_WARM_START:
-        path = Path(source.path)
-        own = path / TOKENIZER_DIR if is_run_folder(path) else path
-        if has_tokenizer(own):
-            return own
-        if source.tokenizer != BUNDLED:
-            raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")
-    return bundled_tokenizer_dir()
-
-
 @dataclasses.dataclass
 class Setup:
     """What every training stage's programs share: config, tokenizer, mesh, train state structs."""
@@ -77,7 +59,7 @@ class Setup:
 def setup_for(topology_name: str, sections: dict, updates_per_step: int = 1) -> Setup:
     from launch.dry_run import abstract_params, model_config_of
     from prorank_jax import training
-    from prorank_jax.pretrained import load_tokenizer
+    from prorank_jax.pretrained import load_tokenizer, tokenizer_dir_of
 
     topology = aot.resolve_topology(topology_name)
     devices = aot.topology_devices(topology)
@@ -120,7 +102,7 @@ def _validation_spec(name: str, s: Setup, rows: int, max_length: int, mesh, para
     the compute dtype with `param_shardings` on `mesh`, the batch split on its rows over the
     mesh's batch axes when they divide it, else replicated (sharding.place_rows)."""
     from launch.dry_run import abstract_params
-    from prorank_jax.model import dtype_of
+    from prorank_jax.dtypes import dtype_of
     from prorank_jax.prompts import RerankPrompt
     from scoring.batching import length_buckets
     from scoring.reranker import default_dtype, jitted_scorer
@@ -251,7 +233,7 @@ def compile_run(kind: str, raw: dict, topology_name: str, dry_run: bool = False)
 def compile_evaluate(args, topology_name: str) -> int:
     """`prorank evaluate --compile-for T`: the Reranker's scoring program on one chip."""
     from launch.dry_run import model_config_of
-    from prorank_jax.pretrained import ModelSource, load_tokenizer
+    from prorank_jax.pretrained import ModelSource, load_tokenizer, tokenizer_dir_of
     from scoring.reranker import DEFAULT_BATCH_SIZE
 
     try:

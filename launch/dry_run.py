@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -29,7 +28,8 @@ import numpy as np
 from prorank_jax import sharding as shd
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
-from prorank_jax.pretrained import BUNDLED, ModelSource, is_run_folder
+from prorank_jax.pretrained import ModelSource, random_init_config_file, source_folder
+from prorank_jax.run_folder import model_config_file
 
 
 class DryRunError(ValueError):
@@ -40,24 +40,14 @@ def model_config_of(source: ModelSource) -> tuple[ModelConfig, str]:
     """(ModelConfig, where it was read from) for a ModelSource, reading config files only."""
     overrides = source.overrides()
     if source.path:
-        path = Path(source.path)
-        if is_run_folder(path):
-            from prorank_jax.checkpoint import MODEL_CONFIG_FILE
-
-            cfg_file = path / MODEL_CONFIG_FILE
-        elif (path / "config.json").is_file():
-            cfg_file = path / "config.json"
-        else:
+        cfg_file = model_config_file(source_folder(source))
+        if cfg_file is None:
             raise DryRunError(
                 f"model.path={source.path}: no config.json (HF folder) or model_config.json (prorank run folder) "
                 "there; download the checkpoint first (a dry run reads only its config.json)"
             )
     else:
-        from prorank_jax.data import bundled_data_dir
-
-        cfg_file = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else Path(source.config)
-        if cfg_file.is_dir():
-            cfg_file = cfg_file / "config.json"
+        cfg_file = random_init_config_file(source)
         if not cfg_file.is_file():
             raise DryRunError(f"model.config={source.config}: no such config.json")
     try:

@@ -3,12 +3,12 @@ mxbai-rerank and sentence-transformers (CrossEncoder), with a model card.
 
 --checkpoint is a prorank run folder (the latest complete step unless --step) or an HF
 folder. The folder is written atomically and only after reloading it reproduces the
-checkpoint's scores (see prorank_jax/export.py). --push-to-hub REPO_ID uploads it
+checkpoint's scores (see prorank_jax/export/). --push-to-hub REPO_ID uploads it
 afterwards; it needs HF_TOKEN in the environment.
 
 --format seq-cls writes a one-label Qwen2/Qwen3ForSequenceClassification folder instead
 (score.weight = W["1"] - W["0"], the rerank chat template), which vLLM and Infinity serve
-as a classifier (see prorank_jax/export_seq_cls.py).
+as a classifier (see prorank_jax/export/seq_cls.py).
 """
 
 from __future__ import annotations
@@ -43,14 +43,12 @@ def parse_args(argv):
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from prorank_jax.export import ExportCheckError, ExportError, export_hf
+    from prorank_jax.export import ExportCheckError, ExportError, export_hf, export_seq_cls
 
     try:
         if args.format == "seq-cls":
             if args.push_to_hub:
                 raise ExportError("--push-to-hub is not supported with --format seq-cls; upload the folder yourself")
-            from prorank_jax.export_seq_cls import export_seq_cls
-
             export_seq_cls(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
                            overwrite=args.overwrite, prompt_family=args.prompt_family)
             return 0

@@ -1,8 +1,9 @@
-"""Set-up shared by `prorank train-grpo` and `prorank train-score`.
+"""Set-up pieces of the training commands (launch/stage_runner.py runs the body).
 
-Initialises multi-host JAX when launched that way, builds the mesh, loads the model,
-shards params and optimizer state by the rule table, and resumes from the latest
-complete checkpoint of the output folder when there is one.
+The config sections both stages share and the run's prompt family (build_sections, also
+used by --compile-for), multi-host JAX initialisation from the launch scripts' variables,
+and start_run: load the model, shard params and optimizer state by the rule table on the
+mesh, and resume from the latest complete checkpoint of the output folder when there is one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
-from prorank_jax import sharding as shd
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
 from prorank_jax.pretrained import ModelSource, load_model
@@ -148,13 +149,15 @@ class Run:
 
 
 def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimizer: training.OptimizerConfig,
-              loop: training.LoopConfig, mesh: training.MeshConfig, resolved_config: dict,
-              updates_per_step: int = 1) -> Run:
+              loop: training.LoopConfig, device_mesh: Mesh, resolved_config: dict, updates_per_step: int = 1) -> Run:
+    """Load the model onto the mesh and start the run, or resume it from its latest checkpoint.
+
+    updates_per_step: optimizer updates per loop step (GRPO's updates per rollout), so the
+    learning-rate schedule spans them all and a resumed step count is in updates."""
     from prorank_jax import checkpoint
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device_mesh = mesh.build()
     config, params, tokenizer_dir = load_model(model_source)
     tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
     abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
@@ -191,23 +194,3 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
         print(f"[prorank] resuming {out_dir} from step {latest}", flush=True)
     return Run(out_dir, config, Path(tokenizer_dir), device_mesh, tx, state, state_sharding, checkpointer,
                params, data_state, latest, base_rng)
-
-
-def lazy_train_step(loss_fn, run: Run, updates_per_batch: int = 1):
-    """The jitted step, built on the first batch (its keys and ranks fix the shardings).
-
-    updates_per_batch > 1 applies that many optimizer updates to the same batch (GRPO's
-    several updates per rollout) and returns the last update's metrics.
-    """
-    compiled = {}
-
-    def step(state, batch):
-        if "fn" not in compiled:
-            compiled["fn"] = training.make_train_step(loss_fn, run.optimizer, mesh=run.mesh,
-                                                      state_sharding=run.state_sharding, batch_example=batch)
-        batch = shd.shard_batch(batch, run.mesh)
-        for _ in range(updates_per_batch):
-            state, metrics = compiled["fn"](state, batch)
-        return state, metrics
-
-    return step

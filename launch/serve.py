@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         api_key = read_api_key(args.api_key_file) if args.api_key_file else None
         model_path, tokenizer = args.model, args.tokenizer
         if model_path == "bundled_warm_start":
-            from prorank_jax.data import bundled_tokenizer_dir
+            from prorank_jax.bundled import bundled_tokenizer_dir
             from prorank_jax.pretrained import bundled_warm_start_dir
 
             model_path, tokenizer = bundled_warm_start_dir(), tokenizer or bundled_tokenizer_dir()

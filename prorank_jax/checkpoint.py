@@ -51,9 +51,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from prorank_jax import hf
-from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
+from prorank_jax.files import atomic_text_writer
 from prorank_jax.preemption import any_process, sync_processes
+from prorank_jax.run_folder import (CHECKPOINTS_DIR, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_DIR,
+                                    missing_run_folder_parts)
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,6 @@ PARAMS, OPT_STATE, TRAIN_META, CONFIG = "params", "opt_state", "train_meta", "co
 ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_META, CONFIG)
 ARRAY_ITEMS = (PARAMS, OPT_STATE)
 FORMAT_VERSION = 1
-CHECKPOINTS_DIR = "checkpoints"
-RUN_CONFIG_FILE = "run_config.json"
-MODEL_CONFIG_FILE = "model_config.json"
-TOKENIZER_DIR = "tokenizer"
 # Orbax's own names (orbax.checkpoint._src.path.atomicity_types); checked by the tests.
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 COMMIT_FILE = "commit_success.txt"
@@ -544,9 +542,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 def _check_run_folder(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run folder does not exist")
-    missing = [name for name in (RUN_CONFIG_FILE, MODEL_CONFIG_FILE) if not (run_dir / name).is_file()]
-    if not (run_dir / CHECKPOINTS_DIR).is_dir():
-        missing.append(f"{CHECKPOINTS_DIR}/")
+    missing = missing_run_folder_parts(run_dir)
     if missing:
         raise CheckpointError(f"{run_dir}: not a prorank run folder (missing {', '.join(missing)})")
 

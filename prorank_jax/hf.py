@@ -23,7 +23,8 @@ import ml_dtypes
 import numpy as np
 
 from prorank_jax.config import ModelConfig
-from prorank_jax.model import dtype_of
+from prorank_jax.dtypes import dtype_of
+from prorank_jax.files import replace_dir
 
 # HF tensor suffix under "model.layers.{i}." -> (path under params["model"]["layers"], transposed)
 LAYER_TABLE: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -65,8 +66,9 @@ TOKENIZER_FILES = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder or file does not hold what the config says it should."""
+class HFFolderError(ValueError):
+    """An HF folder or safetensors file does not hold what its config says (checkpoint.CheckpointError is
+    the orbax run folder's error)."""
 
 
 # ----------------------------------------------------------------------------- safetensors
@@ -76,22 +78,22 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+            raise HFFolderError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
         (header_len,) = struct.unpack("<Q", raw)
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: unreadable safetensors header ({err})") from None
+            raise HFFolderError(f"{path}: unreadable safetensors header ({err})") from None
     header.pop("__metadata__", None)
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
     tensors = {}
     for name, info in header.items():
         dtype = _ST_DTYPES.get(info["dtype"])
         if dtype is None:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            raise HFFolderError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
         if end > data.size:
-            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} but the file holds {data.size}")
+            raise HFFolderError(f"{path}: tensor {name!r} ends at byte {end} but the file holds {data.size}")
         tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
     return tensors
 
@@ -103,7 +105,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
         if arr.dtype not in _ST_NAMES:
-            raise CheckpointError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
+            raise HFFolderError(f"tensor {name!r}: dtype {arr.dtype} cannot be written to safetensors")
         header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
@@ -158,18 +160,18 @@ def _weight_files(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as err:
-            raise CheckpointError(f"{index}: expected a JSON object with a 'weight_map' ({err})") from None
+            raise HFFolderError(f"{index}: expected a JSON object with a 'weight_map' ({err})") from None
         files = sorted({folder / f for f in weight_map.values()})
         absent = [str(f) for f in files if not f.exists()]
         if absent:
-            raise CheckpointError(f"{index}: lists shard files that do not exist: {absent}")
+            raise HFFolderError(f"{index}: lists shard files that do not exist: {absent}")
         return files
     single = folder / "model.safetensors"
     if single.exists():
         return [single]
     if (folder / "pytorch_model.bin").exists():
-        raise CheckpointError(f"{folder}: only pytorch_model.bin found; convert it to safetensors first")
-    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        raise HFFolderError(f"{folder}: only pytorch_model.bin found; convert it to safetensors first")
+    raise HFFolderError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
 def load(folder: str | os.PathLike, **config_overrides: Any) -> tuple[ModelConfig, dict]:
@@ -177,7 +179,7 @@ def load(folder: str | os.PathLike, **config_overrides: Any) -> tuple[ModelConfi
 
     config_overrides set fields that are ours rather than HF's (dtype, param_dtype,
     remat). Weights are cast to param_dtype. Missing, unexpected or mis-shaped
-    tensors raise a CheckpointError that lists all of them.
+    tensors raise a HFFolderError that lists all of them.
     """
     folder = Path(folder)
     config = ModelConfig.from_hf(folder, **config_overrides)
@@ -207,11 +209,11 @@ def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: ModelConfi
             parts.append(f"unexpected tensors ({len(unexpected)}): {unexpected}")
         if misshaped:
             parts.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped}")
-        raise CheckpointError("\n  ".join(parts))
+        raise HFFolderError("\n  ".join(parts))
     if tied_head is not None and not np.array_equal(
         np.asarray(tied_head, np.float32), np.asarray(tensors["model.embed_tokens.weight"], np.float32)
     ):
-        raise CheckpointError(
+        raise HFFolderError(
             f"{source}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
         )
 
@@ -311,10 +313,10 @@ def save(
         if tokenizer_dir is not None:
             copied = copy_tokenizer_files(tokenizer_dir, tmp)
             if not copied:
-                raise CheckpointError(f"{tokenizer_dir}: no tokenizer files found (looked for {TOKENIZER_FILES})")
+                raise HFFolderError(f"{tokenizer_dir}: no tokenizer files found (looked for {TOKENIZER_FILES})")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -329,16 +331,3 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list
             shutil.copyfile(src / name, dst / name)
             copied.append(name)
     return copied
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing dst is swapped out, then removed."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-    os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-

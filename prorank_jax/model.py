@@ -26,14 +26,9 @@ import jax.numpy as jnp
 
 from prorank_jax.attention import AttentionMask, attend
 from prorank_jax.config import ModelConfig
+from prorank_jax.dtypes import dtype_of
 
 Params = Any
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def dtype_of(name: str):
-    return _DTYPES[name]
 
 
 class KVCache(NamedTuple):

@@ -1,7 +1,9 @@
-"""Where a model comes from: an HF folder, one of our run folders, or a random init.
+"""Where a model comes from: an HF folder, one of our run folders, the bundled warm start,
+or a random init.
 
-Both training stages, the Reranker and the exporter resolve models here, so that
-"a path" means the same thing everywhere.
+Both training stages, the Reranker, the exporter, `--dry-run` and `--compile-for` resolve
+models here (what a run folder is: prorank_jax.run_folder), so that "a path" means the same
+thing everywhere.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from typing import Any
 import jax
 
 from prorank_jax import hf, model
+from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
 from prorank_jax.config import ModelConfig
-from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir
+from prorank_jax.run_folder import (CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, folder_kind,
+                                    has_tokenizer, own_tokenizer_dir)
+from prorank_jax.run_folder import is_run_folder  # noqa: F401  (callers that load models ask it here too)
 
 BUNDLED = "bundled"
 # model.path of the bundled self-supervised warm start of the tiny model (an HF folder
@@ -68,20 +73,12 @@ class ModelSource:
                     attn_implementation=self.attn_implementation)
 
 
-def is_run_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return all((path / name).is_file() for name in ("run_config.json", "model_config.json")) and \
-        (path / "checkpoints").is_dir()
-
-
-def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / name).exists() for name in ("tokenizer.json", "vocab.json"))
-
-
 def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any) -> tuple[ModelConfig, Any, Path | None]:
-    """(ModelConfig, params, tokenizer folder or None) from an HF folder or a run folder."""
+    """(ModelConfig, params, tokenizer folder or None) from an HF folder or a run folder
+    (`step` picks a run folder's checkpoint, default the latest)."""
     path = Path(path)
-    if is_run_folder(path):
+    kind = folder_kind(path)
+    if kind == RUN_FOLDER:
         from prorank_jax import checkpoint
 
         config, params, tokenizer_dir = checkpoint.load_for_inference(path, step=step)
@@ -89,13 +86,42 @@ def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any)
             config = config.replace(**overrides)
             params = jax.tree_util.tree_map(lambda x: x.astype(model.dtype_of(config.param_dtype)), params)
         return config, params, tokenizer_dir
-    if (path / "config.json").exists():
+    if kind == HF_FOLDER:
         config, params = hf.load(path, **overrides)
         return config, params, path if has_tokenizer(path) else None
     raise FileNotFoundError(
         f"{path}: neither an HF checkpoint folder (config.json + safetensors) nor a prorank run folder "
-        f"(run_config.json + model_config.json + checkpoints/)"
+        f"({' + '.join(RUN_FOLDER_FILES)} + {CHECKPOINTS_DIR}/)"
     )
+
+
+def source_folder(source: ModelSource) -> Path | None:
+    """The folder model.path names (the bundled warm start's for "bundled_warm_start"); None for a random init."""
+    if not source.path:
+        return None
+    return bundled_warm_start_dir() if source.path == BUNDLED_WARM_START else Path(source.path)
+
+
+def random_init_config_file(source: ModelSource) -> Path:
+    """The config.json a random init (model.path null) is built from."""
+    cfg_path = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else Path(source.config)
+    return cfg_path / "config.json" if cfg_path.is_dir() else cfg_path
+
+
+def tokenizer_dir_of(source: ModelSource) -> Path:
+    """The tokenizer folder a run with this ModelSource loads, found without loading the model:
+    model.tokenizer when it names a folder; else the model folder's own (a run folder's
+    tokenizer/); else the bundled tokenizer for a random init, the bundled warm start or
+    model.tokenizer "bundled"; else a FileNotFoundError."""
+    if source.tokenizer and source.tokenizer != BUNDLED:
+        return Path(source.tokenizer)
+    if source.path and source.path != BUNDLED_WARM_START:
+        own = own_tokenizer_dir(source.path)
+        if has_tokenizer(own):
+            return own
+        if source.tokenizer != BUNDLED:
+            raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")
+    return bundled_tokenizer_dir()
 
 
 def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
@@ -103,8 +129,7 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     tokenizer_dir = Path(source.tokenizer) if source.tokenizer and source.tokenizer != BUNDLED else None
     if source.path:
         warm_start = source.path == BUNDLED_WARM_START
-        path = bundled_warm_start_dir() if warm_start else source.path
-        config, params, own_tokenizer = load_pretrained(path, **source.overrides())
+        config, params, own_tokenizer = load_pretrained(source_folder(source), **source.overrides())
         tokenizer_dir = tokenizer_dir or own_tokenizer
         if tokenizer_dir is None and (warm_start or source.tokenizer == BUNDLED):
             # A folder's own tokenizer wins; "bundled" fills in for folders without one.
@@ -112,9 +137,7 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
         if tokenizer_dir is None:
             raise FileNotFoundError(f"{source.path}: no tokenizer files; set model.tokenizer to a tokenizer folder")
         return config, params, tokenizer_dir
-    cfg_path = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else Path(source.config)
-    if cfg_path.is_dir():
-        cfg_path = cfg_path / "config.json"
+    cfg_path = random_init_config_file(source)
     config = ModelConfig.from_hf(json.loads(cfg_path.read_text()), **source.overrides())
     params = model.init_params(config, jax.random.key(source.init_seed), init_std=source.init_std)
     return config, params, tokenizer_dir or bundled_tokenizer_dir()
@@ -123,9 +146,9 @@ def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
 def generation_eos_token_ids(source: ModelSource) -> tuple[int, ...]:
     """The EOS ids of the source folder's generation_config.json (an int or a list there);
     () when the model is a random init, or the folder has no such file or names none."""
-    if not source.path:
+    folder = source_folder(source)
+    if folder is None:
         return ()
-    folder = bundled_warm_start_dir() if source.path == BUNDLED_WARM_START else Path(source.path)
     path = folder / "generation_config.json"
     if not path.is_file():
         return ()

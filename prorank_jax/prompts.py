@@ -49,6 +49,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from prorank_jax.run_folder import RUN_CONFIG_FILE
+
 CHAT_PREFIX = (
     "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\n"
@@ -470,7 +472,6 @@ def make_prompt(family: str | PromptFamily | None, tokenizer: Any, max_length: i
 
 # ----------------------------------------------------------------------------- which family a folder holds
 PRORANK_FILE = "prorank.json"  # {"prompt_family": ...}, written into every HF folder this library saves
-RUN_CONFIG_FILE = "run_config.json"
 QWEN3_RERANKER_HINT = "qwen3-reranker"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from prorank_jax import sharding as shd
+from prorank_jax.status import STATUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +170,22 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     )
 
 
+def lazy_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh: Mesh,
+                    state_sharding: TrainState, per_batch: Callable | None = None):
+    """make_train_step built on the first batch (its keys and ranks fix the shardings), each
+    host batch laid out on the mesh once. per_batch(compiled step) -> step wraps the compiled
+    step for a stage that runs it more than once per batch (rl.train.repeated_updates)."""
+    compiled = {}
+
+    def step(state, batch):
+        if "fn" not in compiled:
+            fn = make_train_step(loss_fn, optimizer, mesh=mesh, state_sharding=state_sharding, batch_example=batch)
+            compiled["fn"] = fn if per_batch is None else per_batch(fn)
+        return compiled["fn"](state, shd.shard_batch(batch, mesh))
+
+    return step
+
+
 # ----------------------------------------------------------------------------- metrics
 class MetricsLogger:
     """Appends one JSON object per logged step to <out>/metrics.jsonl (flushed each time)
@@ -219,17 +235,6 @@ def mean_metrics(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     rows = jax.device_get(rows)
     keys = rows[0].keys() if rows else []
     return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows])) for k in keys}
-
-
-def learning_rate_at(config: OptimizerConfig, total_steps: int, step: int) -> float:
-    """The schedule's value at a step, for logging (same formula as make_optimizer)."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.learning_rate * step / config.warmup_steps
-    decay_steps = max(total_steps, config.warmup_steps + 1) - config.warmup_steps
-    progress = min(max(step - config.warmup_steps, 0) / decay_steps, 1.0)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    end = config.learning_rate * config.end_lr_ratio
-    return end + (config.learning_rate - end) * cosine
 
 
 Batches = Iterator[Mapping[str, Any]]
@@ -320,7 +325,7 @@ def run_loop(
                 logger.advance()
                 if preemption.stop_requested():
                     save(done)
-                    print(f"[prorank] preemption signal: saved step {done}, stopping", flush=True)
+                    STATUS.info("preemption signal: saved step %d, stopping", done)
                     completed = done == loop.steps
                     break
                 if done == loop.steps or (loop.save_every and done % loop.save_every == 0):

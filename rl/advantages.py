@@ -12,33 +12,15 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from prorank_jax.registry import Registry
+
 # scale(centred [B, G], rewards [B, G], ddof, eps) -> advantages [B, G]
 ScaleFn = Callable[[jnp.ndarray, jnp.ndarray, int, float], jnp.ndarray]
 
-_SCALES: dict[str, ScaleFn] = {}
-
-
-def register_advantage_scale(name: str):
-    def decorator(fn: ScaleFn) -> ScaleFn:
-        if name in _SCALES and _SCALES[name] is not fn:
-            raise ValueError(f"advantage scale {name!r} is already registered")
-        _SCALES[name] = fn
-        return fn
-
-    return decorator
-
-
-def registered_advantage_scales() -> tuple[str, ...]:
-    return tuple(sorted(_SCALES))
-
-
-def get_advantage_scale(name: str) -> ScaleFn:
-    try:
-        return _SCALES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown advantage scale {name!r}; registered: {list(registered_advantage_scales())}"
-        ) from None
+_SCALES: Registry[ScaleFn] = Registry("advantage scale")
+register_advantage_scale = _SCALES.register
+registered_advantage_scales = _SCALES.names
+get_advantage_scale = _SCALES.__getitem__  # unknown name: KeyError listing the registered ones
 
 
 @register_advantage_scale("group")

@@ -13,33 +13,15 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from prorank_jax.registry import Registry
+
 # aggregate(per_token_loss [N, T], mask [N, T] float, max_completion_tokens) -> (sum, denominator)
 AggregationFn = Callable[[jnp.ndarray, jnp.ndarray, int], tuple[jnp.ndarray, jnp.ndarray]]
 
-_AGGREGATIONS: dict[str, AggregationFn] = {}
-
-
-def register_loss_aggregation(name: str):
-    def decorator(fn: AggregationFn) -> AggregationFn:
-        if name in _AGGREGATIONS and _AGGREGATIONS[name] is not fn:
-            raise ValueError(f"loss aggregation {name!r} is already registered")
-        _AGGREGATIONS[name] = fn
-        return fn
-
-    return decorator
-
-
-def registered_loss_aggregations() -> tuple[str, ...]:
-    return tuple(sorted(_AGGREGATIONS))
-
-
-def get_loss_aggregation(name: str) -> AggregationFn:
-    try:
-        return _AGGREGATIONS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown loss aggregation {name!r}; registered: {list(registered_loss_aggregations())}"
-        ) from None
+_AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
+register_loss_aggregation = _AGGREGATIONS.register
+registered_loss_aggregations = _AGGREGATIONS.names
+get_loss_aggregation = _AGGREGATIONS.__getitem__  # unknown name: KeyError listing the registered ones
 
 
 @register_loss_aggregation("grpo")

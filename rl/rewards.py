@@ -15,37 +15,20 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from prorank_jax.registry import Registry
+
 RewardFn = Callable[[str, str], float]
 
 DEFAULT_ALLOWED_LABELS: tuple[str, ...] = ("0", "1")
 
-_REWARDS: dict[str, Callable[..., float]] = {}
-
-
-def register_reward(name: str):
-    """Decorator registering ``fn`` under ``name``; re-registering a name is an error."""
-
-    def decorator(fn):
-        if name in _REWARDS and _REWARDS[name] is not fn:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REWARDS[name] = fn
-        return fn
-
-    return decorator
-
-
-def registered_rewards() -> tuple[str, ...]:
-    return tuple(sorted(_REWARDS))
+_REWARDS: Registry[Callable[..., float]] = Registry("reward")
+register_reward = _REWARDS.register
+registered_rewards = _REWARDS.names
 
 
 def get_reward(name: str, allowed_labels: Sequence[str] = DEFAULT_ALLOWED_LABELS) -> RewardFn:
     """The registered reward ``name`` as a ``(completion, label) -> float`` callable."""
-    try:
-        fn = _REWARDS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown reward {name!r}; registered rewards: {list(registered_rewards())}"
-        ) from None
+    fn = _REWARDS[name]
     if "allowed_labels" in inspect.signature(fn).parameters:
         return functools.partial(fn, allowed_labels=tuple(allowed_labels))
     return fn

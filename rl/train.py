@@ -1,4 +1,6 @@
-"""Stage 1: the GRPO train loop (rollout on the host side, jitted sharded update).
+"""Stage 1: the GRPO loss, the rollout stage the loop pulls batches from, the update of one
+rollout (several optimizer steps when grpo.updates_per_rollout > 1) and the held-out
+greedy accuracy.
 
 The loss is a pure function of (params, batch); the loop, optimizer, sharding,
 non-finite guard, metrics and checkpoints come from prorank_jax.training.
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -18,10 +19,11 @@ import numpy as np
 from prorank_jax import sampling, training
 from prorank_jax import sharding as shd
 from prorank_jax.config import ModelConfig
+from prorank_jax.score import rerank_scores
 from rl.config import GRPOConfig
 from rl.loss import grpo_loss_terms, reduce_sums
+from rl.metrics import binary_auc
 from rl.rollout import agree_width, completion_logprobs, rollout, sampling_config
-from scoring.score import rerank_scores
 
 
 def grpo_loss(params, batch: Mapping[str, jax.Array], *, config: ModelConfig, grpo: GRPOConfig):
@@ -42,6 +44,28 @@ def grpo_loss(params, batch: Mapping[str, jax.Array], *, config: ModelConfig, gr
     metrics = {name: reduce_sums(*value) for name, value in sums.items()}
     metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(mask.sum(), 1.0)
     return reduce_sums(loss_sum, denominator), metrics
+
+
+def repeated_updates(train_step, updates: int):
+    """GRPO's several updates per rollout: `updates` optimizer steps on one rollout batch (the
+    ratio of the later ones is taken against batch["old_logp"], the policy that sampled);
+    returns the last update's metrics. The loop counts a rollout as one step, so the
+    optimizer's schedule runs over loop.steps * updates (launch.runner.start_run)."""
+
+    def step(state, batch):
+        for _ in range(updates):
+            state, metrics = train_step(state, batch)
+        return state, metrics
+
+    return step
+
+
+def grpo_train_step(config: ModelConfig, grpo: GRPOConfig, optimizer, *, mesh, state_sharding):
+    """The update of one rollout batch: grpo_loss under training.lazy_train_step, applied
+    grpo.updates_per_rollout times."""
+    return training.lazy_train_step(functools.partial(grpo_loss, config=config, grpo=grpo), optimizer, mesh=mesh,
+                                    state_sharding=state_sharding,
+                                    per_batch=functools.partial(repeated_updates, updates=grpo.updates_per_rollout))
 
 
 @dataclasses.dataclass
@@ -84,8 +108,6 @@ def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sa
     calls as global arrays (as in rl.rollout) and the per-pair results of all processes are
     gathered before the metrics are taken, so every process returns the same numbers.
     """
-    from scoring.metrics import binary_auc
-
     greedy = dataclasses.replace(sampler, greedy=True, temperature=0.0)
     mesh = shd.mesh_of(params)
     to_device = dict if mesh is None else functools.partial(shd.shard_batch, mesh=mesh)
@@ -138,13 +160,3 @@ def _all_processes(values: np.ndarray) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("config", "yes_id", "no_id"))
 def _scores_jit(params, input_ids, attention_mask, *, config, yes_id, no_id):
     return rerank_scores(params, config, input_ids, attention_mask, yes_id, no_id)
-
-
-def save_final(out_dir: str | Path, params, config: ModelConfig, tokenizer_dir, prompt_family: str | None = None) -> Path:
-    """The final policy as an HF folder beside the checkpoints (what stage 2 starts from), with
-    its prompt family in prorank.json (prompts.detect_prompt_family reads it back)."""
-    from prorank_jax import hf
-    from prorank_jax.prompts import PRORANK_FILE, prorank_file_text
-
-    extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
-    return hf.save(params, config, Path(out_dir) / "hf", tokenizer_dir=tokenizer_dir, extra_files=extra)

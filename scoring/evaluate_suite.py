@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prorank_jax.data import load_beir
-from prorank_jax.data.jsonl import atomic_text_writer
+from prorank_jax.files import atomic_text_writer
 from scoring.evaluate import RERANKED, EvaluationReport, evaluate, first_stage_run
 from scoring.first_stage import BM25Settings
 

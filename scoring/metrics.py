@@ -37,8 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ir_measures
 
-from prorank_jax.data.jsonl import atomic_text_writer
 from prorank_jax.data.trec import ranked_doc_ids
+from prorank_jax.files import atomic_text_writer
 
 logger = logging.getLogger(__name__)
 
@@ -212,28 +212,3 @@ def _write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_text_writer(path) as f:
         f.write(text)
     return path
-
-
-def binary_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC AUC of pair scores against binary labels: the chance that a random relevant
-    pair outscores a random non-relevant one, a tie counting half (Mann-Whitney U / n1 n0).
-
-    Unlike accuracy it does not depend on where the decision threshold sits, so it tells a
-    policy that still ranks pairs but answers "0" to all of them apart from one that has
-    stopped reading its input. NaN when either class is absent.
-    """
-    import numpy as np
-
-    s = np.asarray(scores, np.float64)
-    y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape or s.ndim != 1:
-        raise ValueError(f"binary_auc: scores {s.shape} and labels {y.shape} must be equal 1-d shapes")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Average ranks handle ties (a tie between a positive and a negative counts 1/2): the
-    # k equal values ending at 1-based rank e all get rank e - (k - 1) / 2.
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))

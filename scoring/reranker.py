@@ -6,7 +6,7 @@
 
 Semantics follow mxbai-rerank 0.1.6 (MxbaiRerankV2 + BaseReranker):
   * prompts and truncation are prorank_jax.prompts (checked id for id against mxbai);
-  * the score is scoring.score.rerank_scores: logit("1") - logit("0") at the last position,
+  * the score is prorank_jax.score.rerank_scores: logit("1") - logit("0") at the last position,
     float32 whatever the compute dtype;
   * normalize=True is sigmoid(score - estimated_max / 2) (sigmoid(score), the probability of
     "yes", for the qwen3-reranker prompt family); estimated_max defaults to mxbai's
@@ -24,10 +24,8 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
   * the last batch of a call is filled up with copies of its first row to the next power of
     two (at most batch_size), so the number of compiled shapes stays bounded:
         at most len(length_buckets(L)) * len(row_sizes(B))
-    for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`); for
-    Qwen2.5 with max_length=8192 (L = 8192 + 77-token template) and B = 32 that is
-    37 lengths x 6 row counts = 222 shapes at most, and one call compiles at most one
-    shape per batch it runs;
+    for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`), and one
+    call compiles at most one shape per batch it runs;
   * pairs of one query share their first tokens (chat prefix + query ids, the same for every
     document since the query is cut on its own), and by default (reuse_prefix=None) a call
     with at least 2 pairs per distinct query, so rank() with 2+ documents, computes them once:
@@ -36,12 +34,11 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     the groups into chunks of batch_size. Each chunk's prefixes are prefilled once, left-padded
     to a power-of-two `prefix_buckets` length P, into a KV cache; each batch of the chunk's
     pairs then gathers its rows of that cache and runs only the remainders, right-padded to a
-    `length_buckets` length R, on top of it (scoring.score.scores_after_prefix; the score is
+    `length_buckets` length R, on top of it (prorank_jax.score.scores_after_prefix; the score is
     read at each row's last real token). Filler rows pad chunks and batches as above, so the
     model programs this path compiles are at most
         len(row_sizes(B)) * len(prefix_buckets(L)) * (1 + len(length_buckets(L)))
-    (see `max_compiled_prefix_shapes`): 6 x 11 x 38 = 2508 for the Qwen2.5 example, of which
-    a rank() call touches one prefill shape and the extend shapes of its remainder buckets,
+    (see `max_compiled_prefix_shapes`), of which a rank() call touches one prefill shape and the extend shapes of its remainder buckets,
     about as many as the whole-prompt path compiles for it; the gather between the two is a
     model-free program per (chunk rows, P, batch rows), compiled in milliseconds. Whole
     prompts and the shared-prefix path give the same scores to float noise;
@@ -51,9 +48,9 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     (model.forward_hidden's token_slots); attention alone sees the padded rows x length
     layout. Padding then costs attention work only, and filler rows cost nothing. The
     packed length is the real token count rounded up to 1/PACK_STEPS (8) of the padded
-    batch, so each padded shape above compiles in at most 8 packed variants: the bounds
-    above times 8 (1,776 and 6 x 11 x (1 + 8 x 37) = 19,602 for the Qwen2.5 example), of
-    which a call meets at most one per batch;
+    batch, so each padded shape above compiles in at most PACK_STEPS packed variants (the
+    bounds with packed_per_shape=PACK_STEPS; tests/scoring/test_compile_bounds.py works them
+    out for Qwen2.5 at max_length=8192), of which a call meets at most one per batch;
   * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
   * every local device takes part: the parameters sit on a mesh over this process's
     devices (replicated, or FSDP-sharded by prorank_jax.sharding's rule table with
@@ -80,13 +77,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from prorank_jax import hf
 from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.model import dtype_of, take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
 from prorank_jax.prompts import prompt_family as _prompt_family
-from prorank_jax.pretrained import is_run_folder, load_tokenizer
+from prorank_jax.pretrained import load_pretrained, load_tokenizer
+from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, TOKENIZER_DIR, folder_kind
+from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
 from scoring.batching import (
     DEFAULT_STEPS_PER_OCTAVE,
     PACK_STEPS,
@@ -108,13 +106,11 @@ from scoring.batching import (
     shared_prefix_lengths,
     token_slots,
 )
-from scoring.score import prefix_cache, rerank_scores, scores_after_cache
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 8192  # mxbai's default
 # reuse_prefix=None (auto) takes the shared-prefix path from this many pairs per query on.
 AUTO_REUSE_MIN_PAIRS_PER_QUERY = 2
-RUN_FOLDER_FILES = ("run_config.json", "model_config.json")
 
 
 class TruncationWarning(UserWarning):
@@ -179,7 +175,7 @@ def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
 
 @dataclass(frozen=True)
 class PrefixScorer:
-    """The shared-prefix path's jitted pieces (see scoring.score):
+    """The shared-prefix path's jitted pieces (see prorank_jax.score):
       prefill(params, prefix_ids, prefix_mask) -> cache, compiled per (rows, prefix bucket);
       take(cache, rows) -> the rows' caches, a gather compiled per (chunk rows, prefix
         bucket, batch rows) with no model inside, so it compiles in milliseconds;
@@ -334,24 +330,19 @@ class Reranker:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")
-        if is_run_folder(path):
-            # Imported only here: orbax is heavy and HF folders do not need it.
-            from prorank_jax.checkpoint import load_for_inference
-
-            config, params, tokenizer_dir = load_for_inference(path, step=step)
-            tokenizer_dir = tokenizer if tokenizer is not None else tokenizer_dir
-            if tokenizer_dir is None:
-                raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
-        elif (path / "config.json").is_file():
-            if step is not None:
-                raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
-            config, params = hf.load(path)
-            tokenizer_dir = tokenizer if tokenizer is not None else path
-        else:
+        kind = folder_kind(path)
+        if kind is None:
             raise FileNotFoundError(
                 f"{path}: neither an HF model folder (config.json + model.safetensors + tokenizer files) "
-                f"nor a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + tokenizer/ + checkpoints/)"
+                f"nor a prorank run folder ({' + '.join(RUN_FOLDER_FILES)} + {TOKENIZER_DIR}/ + {CHECKPOINTS_DIR}/)"
             )
+        if kind == HF_FOLDER and step is not None:
+            raise ValueError(f"{path}: step={step} applies to prorank run folders, this is an HF folder")
+        config, params, own_tokenizer = load_pretrained(path, step=step)
+        if kind == RUN_FOLDER and own_tokenizer is None and tokenizer is None:
+            raise FileNotFoundError(f"{path}: run folder has no tokenizer/ folder; a reranker needs the tokenizer")
+        # An HF folder's own tokenizer files are its folder (load_tokenizer names what is missing).
+        tokenizer_dir = tokenizer if tokenizer is not None else own_tokenizer or path
         return cls(
             config,
             params,
@@ -490,7 +481,7 @@ class Reranker:
     ) -> np.ndarray:
         """The shared-prefix path: each chunk of query groups has its prefixes prefilled once,
         then every batch of its pairs gathers its rows of that cache and runs only the
-        remainders (see plan_prefix_chunks and scoring.score.scores_after_prefix)."""
+        remainders (see plan_prefix_chunks and prorank_jax.score.scores_after_prefix)."""
         split = shared_prefix_lengths(sequences, group_of)
         rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
         chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,

@@ -1,6 +1,6 @@
 """Stage 2: fine-grained score learning on s = logit("1") - logit("0") at the last position.
 
-No new parameters: the score is scoring.score.rerank_scores (two LM-head columns
+No new parameters: the score is prorank_jax.score.rerank_scores (two LM-head columns
 at the last position), the losses are scoring.losses.combined_score_loss, and the
 loop, optimizer, sharding, non-finite guard, metrics and checkpoints come from
 prorank_jax.training. This module holds the pure loss on a stage-2 batch, the
@@ -37,7 +37,7 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.data.examples import GroupExample
 from prorank_jax.model import dtype_of
 from scoring.losses import ScoreLossConfig, combined_score_loss
-from scoring.score import rerank_scores
+from prorank_jax.score import rerank_scores
 
 VALIDATION_MEASURES = {"ndcg@10": "nDCG@10", "rr@10": "RR@10"}
 

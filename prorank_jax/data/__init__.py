@@ -1,11 +1,10 @@
 """Data formats and example builders: BEIR folders, TREC runs, JSONL, the bundled tiny dataset;
 example sources (JSONL, HF datasets, tfds) and the grain batch pipelines."""
 
+from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
 from prorank_jax.data.beir import (
     BeirData,
-    bundled_data_dir,
-    bundled_tokenizer_dir,
-    document_text,
+    join_title_text,
     load_beir,
     load_corpus,
     load_qrels,
@@ -21,7 +20,7 @@ from prorank_jax.data.examples import (
     mine_hard_negatives,
     pair_examples,
 )
-from prorank_jax.data.jsonl import atomic_text_writer, read_jsonl, write_jsonl
+from prorank_jax.data.jsonl import read_jsonl, write_jsonl
 from prorank_jax.data.sources import (
     hf_group_examples,
     hf_pair_examples,
@@ -33,6 +32,7 @@ from prorank_jax.data.sources import (
     write_pair_jsonl,
 )
 from prorank_jax.data.trec import ranked_doc_ids, read_run, write_run
+from prorank_jax.files import atomic_text_writer
 
 # The pipeline imports grain (and with it jax), seconds of import time that
 # readers of data files should not pay: loaded on first use.
@@ -58,10 +58,10 @@ __all__ = [
     "atomic_text_writer",
     "bundled_data_dir",
     "bundled_tokenizer_dir",
-    "document_text",
     "group_examples",
     "hf_group_examples",
     "hf_pair_examples",
+    "join_title_text",
     "load_beir",
     "load_corpus",
     "load_examples",

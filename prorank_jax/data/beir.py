@@ -25,16 +25,6 @@ QRELS_HEADER = ("query-id", "corpus-id", "score")
 HEADER_TEXT = "\t".join(QRELS_HEADER)
 
 
-def bundled_data_dir() -> Path:
-    """The small BEIR-layout dataset shipped inside the package (see its README.md)."""
-    return Path(__file__).resolve().parent / "bundled"
-
-
-def bundled_tokenizer_dir() -> Path:
-    """The tiny byte-level BPE tokenizer trained on the bundled data (loadable by AutoTokenizer)."""
-    return bundled_data_dir() / "tokenizer"
-
-
 def _string_field(path, line: int, row: dict, name: str, *, required: bool = True) -> str:
     if name not in row:
         if required:
@@ -64,7 +54,7 @@ def _read_id_text_rows(path) -> Iterator[tuple[int, str, dict]]:
         yield line, row_id, row
 
 
-def document_text(title: str, text: str) -> str:
+def join_title_text(title: str, text: str) -> str:
     """The text a reranker sees for a document: ``title + " " + text`` when the title is non-empty.
 
     A single space (not a newline or a separator token) keeps the document a
@@ -79,7 +69,7 @@ def load_corpus(path: str | os.PathLike) -> dict[str, str]:
     """Read corpus.jsonl into ``{doc_id: document text}``.
 
     The document text is the title and the text joined with a single space when
-    the title is non-empty, otherwise the text alone (see ``document_text``).
+    the title is non-empty, otherwise the text alone (see ``join_title_text``).
     ``title`` may be absent; ``_id`` and ``text`` are required strings. An empty
     document is kept (BEIR corpora contain a few), a duplicate ``_id`` is an error.
     """
@@ -87,7 +77,7 @@ def load_corpus(path: str | os.PathLike) -> dict[str, str]:
     for line, doc_id, row in _read_id_text_rows(path):
         title = _string_field(path, line, row, "title", required=False)
         text = _string_field(path, line, row, "text")
-        corpus[doc_id] = document_text(title, text)
+        corpus[doc_id] = join_title_text(title, text)
     return corpus
 
 

@@ -1,16 +1,13 @@
-"""JSON Lines reading with line numbers, and atomic file writing."""
+"""JSON Lines reading with line numbers, and atomic JSON Lines writing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import IO
 
 from prorank_jax.data.errors import DataError
+from prorank_jax.files import atomic_text_writer
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -35,29 +32,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line_number)
             yield line_number, row
-
-
-@contextlib.contextmanager
-def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """Open ``path`` for writing text so that readers never see a partial file.
-
-    Writes go to a temporary file in the same folder (so the final rename stays
-    on one filesystem), which replaces ``path`` only when the block exits
-    without an exception; on failure the temporary file is removed and any
-    previous ``path`` is left untouched.
-    """
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:

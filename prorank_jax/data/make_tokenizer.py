@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from prorank_jax.data.beir import bundled_data_dir, bundled_tokenizer_dir, load_corpus, load_queries
-from prorank_jax.data.jsonl import atomic_text_writer
+from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
+from prorank_jax.data.beir import load_corpus, load_queries
+from prorank_jax.files import atomic_text_writer
 
 # Qwen2's pre-tokenizer split (transformers' Qwen2Tokenizer.PRETOKENIZE_REGEX):
 # \p{N} alone makes every digit its own pre-token, so "1" and "0" stay single tokens.

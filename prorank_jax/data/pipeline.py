@@ -83,6 +83,10 @@ class DataConfig:
         from a corpus alone; see ``sources.load_examples``).
       path: JSONL file, HF local path or hub id, tfds data_dir, or BEIR folder
         ("inverse_cloze"); None for "bundled" (and the bundled corpus for "inverse_cloze").
+      tfds_name: "tfds" source only: the prepared dataset in ``path`` to read,
+        "dataset/config" or "dataset", whose features follow the row schema (see
+        ``rows``); None reads the bundled dataset prepared by ``tfds_bundled.prepare_bundled``
+        with this config's num_negatives and seed.
       split: dataset split ("train", "test", ...).
       batch_size: examples per batch on each process.
       num_negatives: stage 2: negatives per group (k); fewer are padded with masked
@@ -114,6 +118,7 @@ class DataConfig:
     instruction: str | None = None
     columns: Mapping[str, Any] | None = None
     inverse_cloze: Mapping[str, Any] | None = None
+    tfds_name: str | None = None
 
     def __post_init__(self):
         if self.source not in SOURCE_KINDS:
@@ -132,6 +137,12 @@ class DataConfig:
             raise ValueError(f"DataConfig.split must be a non-empty string, got {self.split!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise ValueError(f"DataConfig.instruction must be a string or None, got {self.instruction!r}")
+        if self.tfds_name is not None:
+            if self.source != "tfds":
+                raise ValueError(f"DataConfig.tfds_name is for source 'tfds', not {self.source!r}")
+            if not isinstance(self.tfds_name, str) or not self.tfds_name.strip("/"):
+                raise ValueError(f"DataConfig.tfds_name must be a dataset name like 'name/config', "
+                                 f"got {self.tfds_name!r}")
         if self.buckets is not None:
             # YAML gives lists; keep a tuple so the config stays immutable and hashable.
             object.__setattr__(self, "buckets", validate_buckets(self.buckets))
@@ -183,6 +194,7 @@ def load_config_examples(config: DataConfig, stage: int) -> Sequence:
         seed=config.seed,
         columns=config.columns,
         inverse_cloze=config.inverse_cloze,
+        tfds_name=config.tfds_name,
     )
 
 
@@ -201,7 +213,7 @@ def default_buckets(max_total_length: int, model_max_length: int | None = None) 
     return (*buckets, top)
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
+def smallest_bucket_for(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= length; a longer sequence is an error (never cut here)."""
     for b in buckets:
         if length <= b:
@@ -254,7 +266,7 @@ def collate_pairs(
     """Stage-1 arrays and this batch's counter increments; rows beyond ``rows`` are padding."""
     real = [r for r in rows if not isinstance(r, _Padding)]
     encoded = prompt.encode_batch([r.query for r in real], [r.document for r in real], instruction=instruction)
-    length = bucket_length(max((len(e) for e in encoded), default=1), buckets)
+    length = smallest_bucket_for(max((len(e) for e in encoded), default=1), buckets)
     sequences: list[tuple[int, ...]] = []
     labels = np.zeros((batch_size,), np.int32)
     example_mask = np.zeros((batch_size,), np.int32)
@@ -314,7 +326,7 @@ def collate_groups(
             labels[i, j] = label
             doc_mask[i, j] = 1
     encoded = prompt.encode_batch(queries, documents, instruction=instruction)
-    length = bucket_length(max((len(e) for e in encoded), default=1), buckets)
+    length = smallest_bucket_for(max((len(e) for e in encoded), default=1), buckets)
     sequences: list[tuple[int, ...]] = [()] * (batch_size * slots)
     for (i, j), enc in zip(where, encoded):
         sequences[i * slots + j] = enc.input_ids

@@ -2,21 +2,10 @@
 
 Every source yields the same two example types (``examples.PairExample`` for
 stage 1 and pointwise scoring, ``examples.GroupExample`` for stage 2), so the
-grain pipelines never know where the data came from.
-
-The row schemas (JSONL and HF `datasets` columns):
-
-  stage 1 (pairs):  query: str, document: str, label: int (a relevance grade)
-                    optional query_id: str, doc_id: str
-  stage 2 (groups): query: str, positive: str, negatives: [str, ...]
-                    optional positive_label: int (default 1),
-                    negative_labels: [int, ...] (default all 0),
-                    query_id: str, positive_id: str, negative_ids: [str, ...]
-
-Ids are optional because most public training files have none; an absent id
-is the empty string, never invented, so examples from two sources of the same
-data compare equal. Every malformed row is a DataError naming the file and
-line (JSONL) or the dataset and row (HF), and the field at fault.
+grain pipelines never know where the data came from. Every source reads rows of
+one schema (``rows``: JSONL lines, HF `datasets` columns mapped to its fields,
+tfds features of the same names); a malformed row is a DataError naming the file
+and line (JSONL), the dataset and row (HF) or the record (tfds), and the field at fault.
 """
 
 from __future__ import annotations
@@ -27,167 +16,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prorank_jax.data.beir import bundled_data_dir, load_beir
+from prorank_jax.bundled import bundled_data_dir
+from prorank_jax.data.beir import load_beir
 from prorank_jax.data.errors import DataError
 from prorank_jax.data.examples import GroupExample, PairExample, group_examples, pair_examples
 from prorank_jax.data.jsonl import read_jsonl, write_jsonl
-
-PAIR_FIELDS = ("query", "document", "label", "query_id", "doc_id")
-GROUP_FIELDS = (
-    "query",
-    "positive",
-    "negatives",
-    "positive_label",
-    "negative_labels",
-    "query_id",
-    "positive_id",
-    "negative_ids",
-)
-DEFAULT_POSITIVE_LABEL = 1
-
-
-class RowError(ValueError):
-    """A row is malformed; the caller adds where the row was (file and line, or dataset and row)."""
-
-
-# ---------------------------------------------------------------------------
-# Row <-> example conversion (pure; shared by JSONL, HF and tfds sources)
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass, but true/false as a grade is almost always a mistake.
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    # numpy / arrow integer scalars (tfds, HF) are fine as long as they are integral.
-    return getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u") and getattr(value, "ndim", None) == 0
-
-
-def _get(row: Mapping[str, Any], name: str, *, required: bool) -> Any:
-    value = row.get(name)
-    if value is None and required:
-        present = ", ".join(repr(k) for k in row) or "none"
-        raise RowError(f"missing field {name!r} (fields present: {present})")
-    return value
-
-
-def _string(row: Mapping[str, Any], name: str, *, required: bool = True, non_empty: bool = False) -> str:
-    value = _get(row, name, required=required)
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if not isinstance(value, str):
-        raise RowError(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.80}")
-    if non_empty and not value.strip():
-        raise RowError(f"field {name!r} is empty")
-    return value
-
-
-def _integer(row: Mapping[str, Any], name: str, *, default: int | None = None) -> int:
-    value = _get(row, name, required=default is None)
-    if value is None:
-        return default
-    if not _is_int(value):
-        raise RowError(f"field {name!r} must be an integer, got {type(value).__name__} {value!r:.80}")
-    return int(value)
-
-
-def _list(row: Mapping[str, Any], name: str, *, required: bool) -> list | None:
-    value = _get(row, name, required=required)
-    if value is None:
-        return None
-    if getattr(value, "ndim", None) == 1:  # a numpy array from tfds or arrow
-        return list(value)
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise RowError(f"field {name!r} must be a list, got {type(value).__name__} {value!r:.80}")
-    return list(value)
-
-
-def _string_list(row: Mapping[str, Any], name: str, *, required: bool) -> list[str] | None:
-    items = _list(row, name, required=required)
-    if items is None:
-        return None
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, bytes):
-            item = item.decode("utf-8")
-        if not isinstance(item, str):
-            raise RowError(f"field {name!r}[{i}] must be a string, got {type(item).__name__} {item!r:.80}")
-        out.append(item)
-    return out
-
-
-def _int_list(row: Mapping[str, Any], name: str) -> list[int] | None:
-    items = _list(row, name, required=False)
-    if items is None:
-        return None
-    for i, item in enumerate(items):
-        if not _is_int(item):
-            raise RowError(f"field {name!r}[{i}] must be an integer, got {type(item).__name__} {item!r:.80}")
-    return [int(item) for item in items]
-
-
-def _check_length(name: str, values: list | None, expected: int) -> None:
-    if values is not None and len(values) != expected:
-        raise RowError(f"field {name!r} has {len(values)} entries but 'negatives' has {expected}; they pair up")
-
-
-def pair_from_row(row: Mapping[str, Any]) -> PairExample:
-    """A stage-1 row ``{"query", "document", "label", [query_id, doc_id]}`` as a PairExample."""
-    return PairExample(
-        query_id=_string(row, "query_id", required=False),
-        doc_id=_string(row, "doc_id", required=False),
-        query=_string(row, "query", non_empty=True),
-        document=_string(row, "document"),
-        label=_integer(row, "label"),
-    )
-
-
-def group_from_row(row: Mapping[str, Any]) -> GroupExample:
-    """A stage-2 row (see the module docstring) as a GroupExample with the positive first."""
-    query = _string(row, "query", non_empty=True)
-    positive = _string(row, "positive")
-    negatives = _string_list(row, "negatives", required=True)
-    negative_labels = _int_list(row, "negative_labels")
-    negative_ids = _string_list(row, "negative_ids", required=False)
-    _check_length("negative_labels", negative_labels, len(negatives))
-    _check_length("negative_ids", negative_ids, len(negatives))
-    return GroupExample(
-        query_id=_string(row, "query_id", required=False),
-        query=query,
-        doc_ids=(_string(row, "positive_id", required=False), *(negative_ids or [""] * len(negatives))),
-        documents=(positive, *negatives),
-        labels=(
-            _integer(row, "positive_label", default=DEFAULT_POSITIVE_LABEL),
-            *(negative_labels or [0] * len(negatives)),
-        ),
-    )
-
-
-def pair_to_row(example: PairExample) -> dict:
-    return {
-        "query_id": example.query_id,
-        "doc_id": example.doc_id,
-        "query": example.query,
-        "document": example.document,
-        "label": example.label,
-    }
-
-
-def group_to_row(example: GroupExample) -> dict:
-    return {
-        "query_id": example.query_id,
-        "query": example.query,
-        "positive_id": example.doc_ids[0],
-        "positive": example.documents[0],
-        "positive_label": example.labels[0],
-        "negative_ids": list(example.doc_ids[1:]),
-        "negatives": list(example.documents[1:]),
-        "negative_labels": list(example.labels[1:]),
-    }
-
+from prorank_jax.data.rows import RowError, group_from_row, group_to_row, pair_from_row, pair_to_row
 
 # ---------------------------------------------------------------------------
 # JSONL
@@ -495,9 +329,11 @@ class TfdsExamples(Sequence):
 def tfds_examples(name: str, split: str, *, data_dir: str | os.PathLike, kind: str) -> TfdsExamples:
     """Examples of a prepared tfds dataset, read with ``tfds.data_source`` (array_record, no TensorFlow).
 
-    ``name`` is "dataset/config" (e.g. "prorank_bundled/groups"); ``kind`` is
-    "pairs" or "groups" and selects the row schema. Nothing is downloaded or
-    prepared here: a dataset that is not in ``data_dir`` is an error.
+    ``name`` is "dataset/config" (e.g. "prorank_bundled/groups") or "dataset"; any
+    dataset whose features carry the row schema's field names (``rows``) reads, the
+    bundled one (``tfds_bundled``) among them. ``kind`` is "pairs" or "groups" and
+    selects the row schema. Nothing is downloaded or prepared here: a dataset that is
+    not in ``data_dir`` is an error.
     """
     import tensorflow_datasets as tfds
 
@@ -514,7 +350,8 @@ def tfds_examples(name: str, split: str, *, data_dir: str | os.PathLike, kind: s
         raise DataError(
             where,
             f"not prepared: no folder {prepared / config}; prepared configs of {dataset!r} there: {found or 'none'} "
-            "(prepare it first, e.g. tfds_bundled.prepare_bundled(data_dir))",
+            "(prepare it first: tfds_bundled.prepare_bundled(data_dir) for the bundled data, or the "
+            "dataset's builder with download_and_prepare(file_format='array_record'))",
         )
     try:
         source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir), download=False)
@@ -541,14 +378,16 @@ def load_examples(
     seed: int = 0,
     columns: Mapping[str, str | Sequence[str]] | None = None,
     inverse_cloze: Mapping[str, Any] | None = None,
+    tfds_name: str | None = None,
 ) -> Sequence[PairExample] | Sequence[GroupExample]:
     """Examples for ``stage`` 1 (pairs) or 2 (groups) from one source kind.
 
     ``path``: the JSONL file ("jsonl"), a local path or hub id ("hf"), a BEIR folder
     whose corpus.jsonl alone is read ("inverse_cloze": self-supervised groups, see
     ``inverse_cloze.inverse_cloze_groups``; None = the bundled corpus), the
-    tfds data_dir ("tfds", reading the prorank_bundled config prepared with
-    ``num_negatives`` and ``seed``, see ``tfds_bundled.prepare_bundled``);
+    tfds data_dir ("tfds": the prepared dataset ``tfds_name``, "dataset/config", whose
+    features follow the row schema; None reads the prorank_bundled config prepared
+    with ``num_negatives`` and ``seed``, see ``tfds_bundled.prepare_bundled``);
     unused for "bundled", where ``num_negatives`` and ``seed`` drive the
     example builders. ``columns`` maps fields to columns for "hf" sources;
     ``inverse_cloze`` holds keyword options of ``inverse_cloze_groups``.
@@ -575,9 +414,10 @@ def load_examples(
     if kind == "hf":
         loader = hf_pair_examples if stage == 1 else hf_group_examples
         return loader(path, split, columns=columns)
-    from prorank_jax.data.tfds_bundled import NAME, config_name  # imports tfds: only when asked for
-
     kind = "pairs" if stage == 1 else "groups"
-    name = f"{NAME}/{config_name(kind, num_negatives=num_negatives, seed=seed)}"
-    return tfds_examples(name, split, data_dir=path, kind=kind)
+    if tfds_name is None:
+        from prorank_jax.data.tfds_bundled import NAME, config_name  # imports tfds: only when asked for
+
+        tfds_name = f"{NAME}/{config_name(kind, num_negatives=num_negatives, seed=seed)}"
+    return tfds_examples(tfds_name, split, data_dir=path, kind=kind)
 

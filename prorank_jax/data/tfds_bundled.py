@@ -6,8 +6,9 @@ Two configs, one per training stage:
   prorank_bundled/groups  stage-2 GroupExamples  (examples.group_examples)
 
 with the splits of the bundled qrels (train, test). Records use the field
-names of the JSONL row schema (sources.PAIR_FIELDS / GROUP_FIELDS), so
-``sources.tfds_examples`` parses them with the same code as JSONL rows.
+names of the row schema (rows.PAIR_FIELDS / GROUP_FIELDS), so
+``sources.tfds_examples`` parses them with the same code as JSONL rows; any other
+tfds dataset whose features carry those names is read the same way.
 
 Preparing and reading need no TensorFlow: array_record files are written and
 read by tfds' numpy path, and read back with ``tfds.data_source`` (random
@@ -26,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from prorank_jax.data.beir import available_splits, bundled_data_dir, load_beir
+from prorank_jax.bundled import bundled_data_dir
+from prorank_jax.data.beir import available_splits, load_beir
 from prorank_jax.data.examples import group_examples, pair_examples
-from prorank_jax.data.sources import group_to_row, pair_to_row
+from prorank_jax.data.rows import group_to_row, pair_to_row
 
 NAME = "prorank_bundled"
 DEFAULT_NUM_NEGATIVES = 3

@@ -7,7 +7,7 @@ import os
 from collections.abc import Container, Mapping
 
 from prorank_jax.data.errors import DataError
-from prorank_jax.data.jsonl import atomic_text_writer
+from prorank_jax.files import atomic_text_writer
 
 RUN_COLUMNS = ("qid", "Q0", "docid", "rank", "score", "tag")
 

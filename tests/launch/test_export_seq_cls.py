@@ -12,8 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from launch import cli
 from prorank_jax.data import bundled_tokenizer_dir
-from prorank_jax.export import rerank_prompt_text
-from prorank_jax.export_seq_cls import SCORE_WEIGHT
+from prorank_jax.export import SCORE_WEIGHT, rerank_prompt_text
 from prorank_jax.hf import read_safetensors
 from prorank_jax.pretrained import bundled_warm_start_dir
 from scoring.reranker import Reranker

@@ -84,7 +84,7 @@ def test_tokenizer_files_are_copied(tmp_path):
     assert saved(text)["input_ids"] == source(text)["input_ids"]
     assert saved.convert_tokens_to_ids("<|im_end|>") in saved(text)["input_ids"]  # a special token, not bytes
     assert (saved.eos_token, saved.pad_token) == (source.eos_token, source.pad_token)
-    with pytest.raises(hf.CheckpointError, match="no tokenizer files"):
+    with pytest.raises(hf.HFFolderError, match="no tokenizer files"):
         hf.save(params, config, tmp_path / "dst2", tokenizer_dir=tmp_path / "src")
     assert not (tmp_path / "dst2").exists()  # nothing half-written is left behind
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
@@ -105,7 +105,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
         t["model.norm.weight"] = np.zeros(5, np.float32)
 
     _rewrite(tmp_path, mutate)
-    with pytest.raises(hf.CheckpointError) as err:
+    with pytest.raises(hf.HFFolderError) as err:
         hf.load(tmp_path)
     msg = str(err.value)
     assert "missing tensors (1): ['model.layers.1.mlp.up_proj.weight']" in msg
@@ -116,15 +116,15 @@ def test_missing_unexpected_and_misshaped_tensors_are_all_listed(tmp_path):
 def test_tied_checkpoint_with_a_different_lm_head_is_refused(tmp_path):
     make_hf_model(tmp_path, **PARITY_CONFIGS["qwen2-mha-tied"])
     _rewrite(tmp_path, lambda t: t.__setitem__("lm_head.weight", np.ones((101, 32), np.float32)))
-    with pytest.raises(hf.CheckpointError, match="lm_head.weight differs"):
+    with pytest.raises(hf.HFFolderError, match="lm_head.weight differs"):
         hf.load(tmp_path)
 
 
 def test_folder_without_weights_or_with_broken_index(tmp_path):
     make_hf_model(tmp_path, **PARITY_CONFIGS["qwen2-mha-tied"])
     (tmp_path / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
-    with pytest.raises(hf.CheckpointError, match="no model.safetensors"):
+    with pytest.raises(hf.HFFolderError, match="no model.safetensors"):
         hf.load(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
-    with pytest.raises(hf.CheckpointError, match="gone.safetensors"):
+    with pytest.raises(hf.HFFolderError, match="gone.safetensors"):
         hf.load(tmp_path)

@@ -12,6 +12,7 @@ import numpy as np
 
 from prorank_jax import model, training
 from prorank_jax import sharding as shd
+from tests.helpers.schedules import learning_rate_at
 from tests.helpers.sharded_step import TINY, grpo_case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +57,13 @@ def test_non_finite_loss_skips_the_update_and_counts_it():
 
 def test_optimizer_schedule_warmup_then_cosine():
     cfg = training.OptimizerConfig(learning_rate=1.0, warmup_steps=4, end_lr_ratio=0.1)
-    assert training.learning_rate_at(cfg, 20, 0) == 0.0
-    assert training.learning_rate_at(cfg, 20, 2) == 0.5
-    assert abs(training.learning_rate_at(cfg, 20, 4) - 1.0) < 1e-9
-    assert abs(training.learning_rate_at(cfg, 20, 20) - 0.1) < 1e-9
+    assert learning_rate_at(cfg, 20, 0) == 0.0
+    assert learning_rate_at(cfg, 20, 2) == 0.5
+    assert abs(learning_rate_at(cfg, 20, 4) - 1.0) < 1e-9
+    assert abs(learning_rate_at(cfg, 20, 20) - 0.1) < 1e-9
     # The logged formula is the optimizer's: one SGD-like probe of adamw's schedule.
     import optax
 
     sched = optax.warmup_cosine_decay_schedule(0.0, 1.0, 4, 20, 0.1)
     for step in (0, 2, 4, 9, 15, 20):
-        assert abs(float(sched(step)) - training.learning_rate_at(cfg, 20, step)) < 1e-6
+        assert abs(float(sched(step)) - learning_rate_at(cfg, 20, step)) < 1e-6

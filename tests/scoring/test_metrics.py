@@ -162,7 +162,7 @@ def test_writers_round_trip(tmp_path):
 def test_binary_auc_equals_sklearn_with_ties(seed):
     from sklearn.metrics import roc_auc_score
 
-    from scoring.metrics import binary_auc
+    from rl.metrics import binary_auc
 
     rng = random.Random(seed)
     labels = [rng.random() < 0.4 for _ in range(57)]
@@ -172,7 +172,7 @@ def test_binary_auc_equals_sklearn_with_ties(seed):
 
 
 def test_binary_auc_edge_cases():
-    from scoring.metrics import binary_auc
+    from rl.metrics import binary_auc
 
     assert binary_auc([2.0, 1.0, 0.0], [1, 1, 0]) == 1.0
     assert binary_auc([0.0, 1.0, 2.0], [1, 1, 0]) == 0.0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from prorank_jax import hf, model
-from scoring.score import rerank_scores
+from prorank_jax.score import rerank_scores
 from tests.helpers.hf_models import PARITY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
 
 YES, NO = 17, 42

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prorank_jax import hf
-from scoring.score import prefix_cache, rerank_scores, scores_after_prefix
+from prorank_jax.score import prefix_cache, rerank_scores, scores_after_prefix
 from tests.helpers.hf_models import PARITY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
 
 YES, NO = 17, 42

@@ -11,12 +11,12 @@ from prorank_jax.data import bundled_tokenizer_dir
 from prorank_jax.data.examples import GroupExample, PairExample
 from prorank_jax.data.pipeline import (
     DataConfig,
-    bucket_length,
     default_buckets,
     load_config_examples,
     make_stage1_iterator,
     make_stage2_iterator,
     shard_bounds,
+    smallest_bucket_for,
 )
 from prorank_jax.data.sources import bundled_group_examples, bundled_pair_examples, tfds_examples
 from prorank_jax.prompts import RerankPrompt
@@ -85,6 +85,8 @@ def encoded_index(prompt, examples):
         ({"source": "jsonl"}, "path"),
         ({"shuffle": 1}, "shuffle"),
         ({"max_length": True}, "max_length"),
+        ({"tfds_name": "prorank_bundled/pairs"}, "tfds_name"),
+        ({"source": "tfds", "path": "tfds_data", "tfds_name": ""}, "tfds_name"),
     ],
 )
 def test_data_config_validation_names_the_field(overrides, field):
@@ -101,9 +103,9 @@ def test_buckets_and_shards_are_simple_arithmetic():
     assert default_buckets(300) == (64, 128, 256, 304)
     assert default_buckets(512) == (64, 128, 256, 512)
     assert default_buckets(40) == (40,)
-    assert [bucket_length(n, (64, 128)) for n in (1, 64, 65, 128)] == [64, 64, 128, 128]
+    assert [smallest_bucket_for(n, (64, 128)) for n in (1, 64, 65, 128)] == [64, 64, 128, 128]
     with pytest.raises(ValueError, match="longer than the largest bucket 128"):
-        bucket_length(129, (64, 128))
+        smallest_bucket_for(129, (64, 128))
     assert [shard_bounds(10, i, 3) for i in range(3)] == [(0, 4), (4, 7), (7, 10)]
     assert [shard_bounds(10, i, 3, drop_remainder=True) for i in range(3)] == [(0, 3), (3, 6), (6, 9)]
 

@@ -152,6 +152,53 @@ def test_tfds_test_split_and_custom_parameters(tmp_path):
     assert list(load_examples("tfds", 2, path=tmp_path, split="test", num_negatives=5, seed=3)) == list(got)
 
 
+def test_any_tfds_dataset_with_the_row_features_is_a_source(tmp_path):
+    """Not only the bundled builder: a dataset of someone else's, prepared as array_record,
+    whose features carry the row schema's names (extra features are ignored)."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from prorank_jax.data.pipeline import DataConfig, load_config_examples
+
+    rows = [
+        {"query": "blue cheese", "document": "Roquefort is a blue cheese.", "label": 2, "query_id": "q1",
+         "doc_id": "d1", "url": "https://example.org/1"},
+        {"query": "blue cheese", "document": "Boil the egg.", "label": 0, "query_id": "q1", "doc_id": "d2",
+         "url": "https://example.org/2"},
+        {"query": "tides", "document": "", "label": 1, "query_id": "q2", "doc_id": "d3", "url": ""},
+    ]
+
+    class HandmadePairs(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("0.1.0")
+
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls):  # as in tfds_bundled: a builder in a package has no source folder to find
+            return None
+
+        def _info(self):
+            text = tfds.features.Text
+            features = {"query_id": text(), "doc_id": text(), "query": text(), "document": text(),
+                        "label": np.int32, "url": text()}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for index, row in enumerate(rows):
+                yield f"{index:03d}", row
+
+    HandmadePairs(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    expected = [PairExample(r["query_id"], r["doc_id"], r["query"], r["document"], r["label"]) for r in rows]
+    assert list(load_examples("tfds", 1, path=tmp_path, tfds_name="handmade_pairs")) == expected
+    config = DataConfig(source="tfds", path=str(tmp_path), tfds_name="handmade_pairs")
+    assert list(load_config_examples(config, 1)) == expected
+    with pytest.raises(DataError, match=r"handmade_pairs\[train\].*record 0: missing field 'positive'"):
+        load_examples("tfds", 2, path=tmp_path, tfds_name="handmade_pairs")[0]
+
+
 def test_unprepared_tfds_dataset_is_a_clear_error(tfds_dir):
     with pytest.raises(DataError, match=r"not prepared.*prepared configs .*\['groups', 'pairs'\]"):
         tfds_examples("prorank_bundled/groups_n9_seed9", "train", data_dir=tfds_dir, kind="groups")

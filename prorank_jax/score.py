@@ -1,8 +1,10 @@
 """The ProRank score: logit("1") - logit("0") at the last position, and nothing else.
 
 Computed as h_last · (W[:, yes] - W[:, no]) in float32, so only two columns of the
-LM head are read and no vocabulary-sized tensor is formed. Training (stage 2) and
-inference call this same function.
+LM head are read and no vocabulary-sized tensor is formed. It is the method's one
+score, so it lives in the core: stage 1's held-out evaluation (rl.train), stage 2's loss
+(scoring.train), inference (scoring.reranker) and export's self-check all call this same
+function.
 
 Inference can also score prompts that share a prefix (every pair of one query starts
 with the same chat prefix and query ids) without recomputing it: `prefix_cache` runs

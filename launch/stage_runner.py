@@ -1,0 +1,180 @@
+"""The one body of `prorank train-grpo` and `prorank train-score`.
+
+Both stages resolve their config, check it, start or resume the run, load the tokenizer
+and prompt, build the training iterator, loop, validate, save the final model and write
+a summary in the same way; only the loss, the production of a step's batch and the
+validation differ. So the body is written once here (run_stage) and each launcher hands
+it a StageSpec: its config sections and a `build` that returns those three pieces
+(StageParts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from launch import config as cfglib
+from launch.runner import Run, maybe_initialize_distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What the shared body has built when it asks the stage for its pieces."""
+
+    run: Run
+    sections: dict
+    family: Any  # prompts.PromptFamily
+    tokenizer: Any
+    prompt: Any  # the family's prompt builder
+    train_iter: Any  # the stage's training iterator (already restored on a resume)
+
+
+@dataclasses.dataclass
+class StageParts:
+    """A stage's own pieces: its update (the loss under training.lazy_train_step), how a
+    step's batch is produced, its validation."""
+
+    train_step: Callable  # (state, host batch) -> (state, metrics)
+    produce: Callable  # (state, rng) -> training.StepOutput
+    evaluate: Callable | None = None  # state -> metrics dict
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One training stage, as the shared body needs it.
+
+    kind: "grpo" / "score": the --compile-for program set, the default out_dir runs/<kind>
+      and the progress bar's label.
+    number: 1 or 2: which examples the data sources load, and the "stage N done" line.
+    sections: the stage's own config sections, e.g. {"grpo": GRPOConfig}.
+    make_iterator: (examples, prompt, DataConfig) -> the training iterator.
+    build: StageContext -> StageParts.
+    check: sections -> None, a ValueError for a config the stage cannot run (before any loading).
+    updates_per_step: sections -> optimizer updates per loop step.
+    """
+
+    kind: str
+    number: int
+    sections: Mapping[str, type]
+    headline: tuple[str, ...]
+    make_iterator: Callable
+    build: Callable[[StageContext], StageParts]
+    check: Callable[[dict], None] = lambda sections: None
+    updates_per_step: Callable[[dict], int] = lambda sections: 1
+
+
+def parse_args(argv, prog: str, doc: str):
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML file or bundled config name (e.g. grpo_tiny)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the mesh, parameter shardings and memory per device, then exit")
+    parser.add_argument("--compile-for", metavar="TOPOLOGY", default=None,
+                        help="compile the run's programs for a TPU topology (v5e-8, v4-8, v5e:2x4, ...) on this "
+                             "machine, report memory / FLOPs per chip, then exit (needs requirements-tpu-aot.txt)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.steps=50")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str], stage: StageSpec, prog: str, doc: str) -> int:
+    """A training command's entry point (`prog` names it in --help)."""
+    args = parse_args(argv, prog, doc)
+    if args.compile_for:
+        # Compiling for a topology needs no other process: the TPU devices are descriptions.
+        from launch.compile_for import compile_run
+
+        return compile_run(stage.kind, cfglib.load_config(args.config, args.overrides), args.compile_for,
+                           dry_run=args.dry_run)
+    # First thing, before the config is read, so every process fails or starts together.
+    maybe_initialize_distributed()
+    raw = cfglib.load_config(args.config, args.overrides)
+    run_stage(raw, stage, dry_run=args.dry_run)
+    return 0
+
+
+def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False) -> dict:
+    """Train one stage from a raw config (as load_config returns it); the summary it wrote
+    ({} for --dry-run)."""
+    from launch.runner import stage_sections, start_run
+    from prorank_jax import training
+    from prorank_jax.data.pipeline import load_config_examples
+    from prorank_jax.pretrained import load_tokenizer
+
+    prepared = stage_sections(raw, dry_run, **stage.sections)
+    if prepared is None:
+        return {}
+    sections, resolved = prepared
+    source = raw.get("_source", "config")
+    try:
+        stage.check(sections)
+    except ValueError as err:
+        raise cfglib.RunConfigError(f"{source}: {err}") from None
+    out_dir = Path(raw.get("out_dir") or f"runs/{stage.kind}")
+    data = sections["data"]
+    device_mesh = sections["mesh"].build()
+    check_batch_divides(data.batch_size, device_mesh, source)
+    run = start_run(out_dir=out_dir, model_source=sections["model"], optimizer=sections["optimizer"],
+                    loop=sections["loop"], device_mesh=device_mesh, resolved_config=resolved,
+                    updates_per_step=stage.updates_per_step(sections))
+    tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
+    family = _prompt_family(resolved["prompt_family"])
+    prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
+    train_iter = stage.make_iterator(load_config_examples(data, stage=stage.number), prompt, repeat_forever(data))
+    if run.data_state:
+        train_iter.set_state(run.data_state)
+    parts = stage.build(StageContext(run, sections, family, tokenizer, prompt, train_iter))
+
+    final = training.run_loop(
+        state=run.state, start_step=run.resumed_from or 0, train_step=parts.train_step, produce=parts.produce,
+        loop=sections["loop"], out_dir=out_dir, base_rng=run.base_rng, checkpointer=run.checkpointer,
+        data_state=train_iter.get_state, evaluate=parts.evaluate, headline=stage.headline, desc=stage.kind,
+    )
+    run.checkpointer.close()
+    summary = {"out_dir": str(out_dir), "steps": sections["loop"].steps}
+    if final.completed:
+        summary["hf_folder"] = str(save_final_model(out_dir, final.state.params, run.config, run.tokenizer_dir,
+                                                    prompt_family=family.name))
+        if parts.evaluate is not None:
+            summary["eval"] = parts.evaluate(final.state)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"[prorank] stage {stage.number} done: {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def check_batch_divides(batch_size: int, device_mesh, source: str) -> None:
+    """Every process's data.batch_size rows together must split evenly over the mesh's batch
+    axes (sharding.batch_divisor); said before anything is loaded, in the config's terms."""
+    import jax
+
+    from prorank_jax import sharding as shd
+
+    divisor = shd.batch_divisor(device_mesh)
+    if (batch_size * jax.process_count()) % divisor:
+        raise cfglib.RunConfigError(
+            f"{source}: data.batch_size={batch_size} (x {jax.process_count()} processes) must be a multiple "
+            f"of the mesh's batch split, {divisor} (mesh {dict(device_mesh.shape)})"
+        )
+
+
+def repeat_forever(data):
+    """Training length is loop.steps; the training data repeats as often as that needs."""
+    return dataclasses.replace(data, num_epochs=None)
+
+
+def save_final_model(out_dir: str | Path, params, config, tokenizer_dir, prompt_family: str | None = None) -> Path:
+    """The final model as an HF folder in the run folder (what stage 2 and export start from),
+    with its prompt family in prorank.json (prompts.detect_prompt_family reads it back)."""
+    from prorank_jax import hf
+    from prorank_jax.prompts import PRORANK_FILE, prorank_file_text
+    from prorank_jax.run_folder import FINAL_HF_DIR
+
+    extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
+    return hf.save(params, config, Path(out_dir) / FINAL_HF_DIR, tokenizer_dir=tokenizer_dir, extra_files=extra)
+
+
+def _prompt_family(name: str):
+    from prorank_jax.prompts import prompt_family
+
+    return prompt_family(name)

@@ -31,7 +31,9 @@ _PROCESS_SCRIPT = textwrap.dedent("""
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
                                process_id=process_id, initialization_timeout=60)
     from prorank_jax import preemption, training
+    from prorank_jax.status import install_cli_handler
 
+    install_cli_handler()  # status lines on stdout, as the `prorank` command shows them
     assert jax.process_count() == 2, jax.process_count()
     agreed = {"mine_only": preemption.any_process(process_id == 0), "nobody": preemption.any_process(False)}
     print("COLLECTIVES OK", flush=True)

@@ -18,7 +18,7 @@ SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # How attention is computed; see prorank_jax/attention.py.
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "blockwise", "rowwise", "cudnn")
 
 class ConfigError(ValueError):
     """A configuration field has a value this library cannot honour."""
@@ -48,7 +48,8 @@ class ModelConfig:
     backward pass, "dots"/"dots_with_no_batch_dims" save only matmul outputs.
     attn_implementation: how attention is computed (prorank_jax/attention.py): "auto" picks
     cuDNN flash attention on GPU, blockwise (never the full score matrix) on CPU/TPU above
-    1,024 tokens, XLA's fused kernel below; "xla", "blockwise", "cudnn" force one.
+    1,024 tokens, below it row-by-row blocks on CPU (prompts) and XLA's fused kernel
+    elsewhere; "xla", "blockwise", "rowwise", "cudnn" force one.
     """
 
     vocab_size: int

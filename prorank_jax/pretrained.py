@@ -47,7 +47,7 @@ class ModelSource:
       the default for a random init or the bundled warm start) falls back to the bundled
       tokenizer when the checkpoint has none.
     dtype / param_dtype / remat: compute dtype, weight dtype, rematerialisation policy.
-    attn_implementation: how attention is computed ("auto", "xla", "blockwise", "cudnn";
+    attn_implementation: how attention is computed ("auto", "xla", "blockwise", "rowwise", "cudnn";
       see prorank_jax/attention.py).
     init_seed / init_std: seed and standard deviation of the random init's normal weights
       (0.02 is HF's initializer_range; the tiny model trained from scratch on inverse-cloze

@@ -507,6 +507,9 @@ class Reranker:
                     members += [members[0]] * (batch.rows - len(members))  # scores discarded
                     rows = np.array([row_of_group[groups[i]] for i in members], np.int32)
                     rest_ids, rest_lengths = right_pad([rests[i] for i in members], batch.length, self.pad_id)
+                    # Filler rows keep one real token only: attention skips their padding
+                    # (attention.rowwise_attention) as the packed dense layers skip them whole.
+                    rest_lengths[len(batch.indices):] = 1
                     slots, tokens = self._token_slots([len(rests[i]) for i in batch.indices], batch, left_padded=False)
                     self.compiled_extend_shapes.add((batch.rows, chunk.length, batch.length, tokens))
                     rows, rest_ids, rest_lengths, slots = self._place(rows, rest_ids, rest_lengths, slots)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from prorank_jax import model
-from prorank_jax.attention import BLOCKWISE_MIN_SCORES, AttentionMask, blockwise_attention, choose_implementation
+from prorank_jax.attention import (
+    BLOCKWISE_MIN_SCORES,
+    AttentionMask,
+    blockwise_attention,
+    choose_implementation,
+    rowwise_attention,
+)
 from prorank_jax.config import ConfigError, ModelConfig
 
 
@@ -47,6 +53,35 @@ def test_blockwise_equals_dot_product_attention_after_a_kv_cache_offset():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads, kv_heads, query_block", [(4, 4, 8), (6, 2, 16), (7, 1, 64)])
+def test_rowwise_equals_dot_product_attention_at_real_queries_with_left_padding(heads, kv_heads, query_block):
+    # Row 1 has 3 real tokens: its first 32 queries are padding (two whole blocks of 16 are
+    # skipped); padding queries' outputs are unspecified, so only real queries are compared.
+    rng = np.random.RandomState(heads + query_block)
+    q, k, v = qkv(rng, 3, 37, 37, heads, kv_heads, 16)
+    mask = left_padded_mask([37, 3, 20], 37)
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask.dense())
+    got = jax.jit(rowwise_attention, static_argnums=4)(q, k, v, mask, query_block)
+    real = np.asarray(mask.key_valid)
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+
+
+def test_rowwise_equals_dot_product_attention_after_a_kv_cache_offset():
+    # As the blockwise case: prefixes in slots 0..15, 9 right-padded new queries at 16..24,
+    # 15 empty slots after them; row 2 is a filler row with no real new token.
+    rng = np.random.RandomState(1)
+    q, k, v = qkv(rng, 3, 9, 40, 6, 2, 8)
+    prefix = np.arange(40)[None, :] >= np.array([[6], [13], [10]])
+    new = (np.arange(40)[None, :] >= 16) & (np.arange(40)[None, :] < 16 + np.array([[4], [9], [0]]))
+    valid = (prefix & (np.arange(40) < 16)) | new
+    mask = AttentionMask(jnp.asarray(valid), jnp.arange(16, 25, dtype=jnp.int32))
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask.dense())
+    got = jax.jit(rowwise_attention, static_argnums=4)(q, k, v, mask, 4)
+    real = valid[:, 16:25]
+    assert real.sum() == 13
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+
+
 def test_blockwise_gradients_equal_dot_product_attention_gradients():
     """The training forward takes the same choice, so reverse mode must agree too."""
     rng = np.random.RandomState(2)
@@ -64,6 +99,24 @@ def test_blockwise_gradients_equal_dot_product_attention_gradients():
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
 
 
+def test_rowwise_gradients_equal_dot_product_attention_gradients():
+    """The CPU training forward takes rowwise for prompts; a loss that reads real queries only
+    (as every caller does) gets XLA's gradients."""
+    rng = np.random.RandomState(5)
+    q, k, v = qkv(rng, 2, 24, 24, 4, 2, 8)
+    mask = left_padded_mask([24, 10], 24)
+    weights = jnp.asarray(rng.randn(2, 24, 4, 8), jnp.float32) * mask.key_valid[:, :, None, None]
+
+    def loss(attention):
+        return lambda q, k, v: jnp.sum(attention(q, k, v) * weights)
+
+    want = jax.jit(jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask.dense())),
+                            (0, 1, 2)))(q, k, v)
+    got = jax.jit(jax.grad(loss(lambda q, k, v: rowwise_attention(q, k, v, mask, query_block=8)), (0, 1, 2)))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+
 def test_blockwise_never_forms_the_full_score_matrix():
     """The program holds [B, KV, G, T, block] scores, never [B, KV, G, T, S] (read off its HLO types)."""
     rng = np.random.RandomState(3)
@@ -77,7 +130,8 @@ def test_blockwise_never_forms_the_full_score_matrix():
 
 def test_choose_implementation():
     long_side = int(BLOCKWISE_MIN_SCORES**0.5) + 8
-    assert choose_implementation("auto", "cpu", jnp.float32, 64, 512, 512)[0] == "xla"
+    assert choose_implementation("auto", "cpu", jnp.float32, 64, 512, 512)[0] == "rowwise"
+    assert choose_implementation("auto", "tpu", jnp.float32, 64, 512, 512)[0] == "xla"
     assert choose_implementation("auto", "cpu", jnp.float32, 64, long_side, long_side)[0] == "blockwise"
     assert choose_implementation("auto", "cpu", jnp.float32, 64, 1, 8192)[0] == "xla"  # one decode step
     assert choose_implementation("auto", "tpu", jnp.bfloat16, 128, long_side, long_side)[0] == "blockwise"
@@ -111,7 +165,7 @@ def test_model_forward_and_extend_equal_across_implementations():
     rest = jnp.asarray(rng.randint(0, 64, (3, 12)), jnp.int32)
     rest_mask = jnp.asarray(np.arange(12)[None, :] < np.array([[12], [1], [5]]))
     out = {}
-    for impl in ("xla", "blockwise"):
+    for impl in ("xla", "blockwise", "rowwise"):
         config = TINY.replace(attn_implementation=impl)
 
         @jax.jit
@@ -123,5 +177,6 @@ def test_model_forward_and_extend_equal_across_implementations():
 
         hidden, extended = both_paths(params, ids, mask, rest, rest_mask)
         out[impl] = (np.asarray(hidden)[np.asarray(mask)], np.asarray(extended)[np.asarray(rest_mask)])
-    for got, want in zip(out["blockwise"], out["xla"]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for impl in ("blockwise", "rowwise"):
+        for got, want in zip(out[impl], out["xla"]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -197,21 +197,23 @@ def test_compiled_shapes_are_bounded_and_compiled_once(model_dir, pack):
 
 
 def test_packed_lengths_and_token_slots():
-    # 4 rows x 40 slots, step ceil(160 / 8) = 20: real tokens rounded up to a multiple of 20
-    assert packed_lengths(4, 40) == (20, 40, 60, 80, 100, 120, 140, 160)
-    assert [packed_length(n, 4, 40) for n in (1, 20, 21, 159, 160)] == [20, 20, 40, 160, 160]
-    assert packed_lengths(3, 8) == (3, 6, 9, 12, 15, 18, 21, 24)
+    # 4 rows x 40 slots, step ceil(160 / 32) = 5: real tokens rounded up to a multiple of 5
+    assert PACK_STEPS == 32
+    assert packed_lengths(4, 40) == tuple(range(5, 161, 5))
+    assert [packed_length(n, 4, 40) for n in (1, 5, 6, 159, 160)] == [5, 5, 10, 160, 160]
+    assert packed_lengths(3, 8) == tuple(range(1, 25))
     assert packed_lengths(1, 8) == tuple(range(1, 9))
     for n in (0, 161):
         with pytest.raises(ValueError, match="cannot hold"):
             packed_length(n, 4, 40)
-    # left padding: row r's n tokens are its last n columns; row 2 is a filler row (not run)
-    slots = token_slots([3, 1], 4, 5, left_padded=True)
-    assert slots.dtype == np.int32 and len(slots) == packed_length(4, 4, 5) == 6
-    assert slots.tolist() == [2, 3, 4, 9, 20, 20]  # 20 = 4 * 5: filler tokens, no slot
-    assert token_slots([3, 1], 4, 5, left_padded=False).tolist() == [0, 1, 2, 5, 20, 20]
-    with pytest.raises(ValueError, match="row 1 has 6 tokens; a row holds 1 to 5"):
-        token_slots([3, 6], 4, 5, left_padded=True)
+    # left padding: row r's n tokens are its last n columns; rows 2-3 are filler rows (not
+    # run); 40 slots, step 2, so 5 real tokens run as 6
+    slots = token_slots([3, 2], 4, 10, left_padded=True)
+    assert slots.dtype == np.int32 and len(slots) == packed_length(5, 4, 10) == 6
+    assert slots.tolist() == [7, 8, 9, 18, 19, 40]  # 40 = 4 * 10: a filler token, no slot
+    assert token_slots([3, 2], 4, 10, left_padded=False).tolist() == [0, 1, 2, 10, 11, 40]
+    with pytest.raises(ValueError, match="row 1 has 11 tokens; a row holds 1 to 10"):
+        token_slots([3, 11], 4, 10, left_padded=True)
 
 
 def test_pack_tokens_is_on_by_default_on_cpu_only(reranker):

@@ -47,7 +47,7 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     through the projections and MLPs, as one packed [tokens, hidden] array
     (model.forward_hidden's token_slots); attention alone sees the padded rows x length
     layout. Padding then costs attention work only, and filler rows cost nothing. The
-    packed length is the real token count rounded up to 1/PACK_STEPS (8) of the padded
+    packed length is the real token count rounded up to 1/PACK_STEPS of the padded
     batch, so each padded shape above compiles in at most PACK_STEPS packed variants (the
     bounds with packed_per_shape=PACK_STEPS; tests/scoring/test_compile_bounds.py works them
     out for Qwen2.5 at max_length=8192), of which a call meets at most one per batch;

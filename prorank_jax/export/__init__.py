@@ -23,7 +23,6 @@ from prorank_jax.export.model_card import (
     CardFacts,
     count_params_of_config,
     model_card,
-    parse_front_matter,
     seq_cls_card,
 )
 from prorank_jax.export.self_check import CHECK_ATOL, CheckResult, check_pairs, score_pairs, self_check
@@ -55,7 +54,6 @@ __all__ = [
     "export_hf",
     "export_seq_cls",
     "model_card",
-    "parse_front_matter",
     "push_folder",
     "rerank_prompt_text",
     "score_pairs",

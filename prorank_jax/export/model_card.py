@@ -249,16 +249,6 @@ def _qwen3_usage(mid: str, q: str, d: list[str], model_type: str) -> list[str]:
     return parts
 
 
-def parse_front_matter(card: str) -> dict:
-    """The YAML front matter of a model card as a dict (for checks and tests)."""
-    import yaml
-
-    if not card.startswith("---\n"):
-        raise ValueError("model card does not start with '---' front matter")
-    end = card.index("\n---", 4)
-    return yaml.safe_load(card[4:end])
-
-
 def serving_section(model_id: str, model_type: str, seq_cls: bool) -> list[str]:
     """Markdown lines: the vllm serve and Infinity command lines for either export."""
     arch = SEQ_CLS_ARCHITECTURES.get(model_type, "Qwen2ForSequenceClassification")

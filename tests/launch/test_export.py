@@ -20,6 +20,7 @@ from prorank_jax.config import ModelConfig
 from prorank_jax.prompts import RerankPrompt, left_pad
 from prorank_jax.pretrained import load_tokenizer
 from scoring.reranker import Reranker
+from tests.helpers.model_cards import parse_front_matter
 from tests.helpers.tokenizer import build_test_tokenizer
 
 QUERY = "what is the capital of France?"
@@ -106,7 +107,7 @@ def test_folder_layout(exported):
 
 def test_model_card(exported):
     card = (exported / "README.md").read_text()
-    front = ex.parse_front_matter(card)
+    front = parse_front_matter(card)
     assert front["pipeline_tag"] == "text-ranking"
     assert front["library_name"] == "sentence-transformers"
     assert front["license"] == "apache-2.0"
@@ -309,7 +310,7 @@ def test_step_and_bfloat16(run_dir, tmp_path):
     ours, theirs = (r.predict([QUERY] * len(DOCUMENTS), DOCUMENTS) for r in (step2, exported))
     # bfloat16 weights move the scores a little; far less than the scores' spread
     assert np.max(np.abs(ours - theirs)) <= max(result.check.dtype_drift, 1e-4) + 0.05
-    assert ex.parse_front_matter((out / "README.md").read_text())["base_model"] == BASE_MODEL
+    assert parse_front_matter((out / "README.md").read_text())["base_model"] == BASE_MODEL
 
 
 @pytest.fixture
@@ -399,7 +400,7 @@ def test_hf_folder_inside_a_run_gets_the_runs_card(run_dir, tmp_path, reference)
         out = tmp_path / "from-hf"
         assert cli.main(["export-hf", "--checkpoint", str(hf_dir), "--out", str(out), "--license", "mit"]) == 0
         card = (out / "README.md").read_text()
-        front = ex.parse_front_matter(card)
+        front = parse_front_matter(card)
         assert front["license"] == "mit" and front["base_model"] == BASE_MODEL
         assert "stage 1: GRPO prompt warmup" in card and "| reward | 0.625 |" in card
         theirs = Reranker.from_pretrained(out, dtype="float32", show_progress=False)

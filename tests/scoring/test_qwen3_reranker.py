@@ -200,7 +200,7 @@ def exported(tiny, tmp_path_factory):
 
 
 def test_export_records_the_family(exported):
-    from prorank_jax.export import parse_front_matter
+    from tests.helpers.model_cards import parse_front_matter
 
     assert json.loads((exported / "prorank.json").read_text()) == {"prompt_family": "qwen3-reranker"}
     assert prompts.detect_prompt_family(exported) == "qwen3-reranker"

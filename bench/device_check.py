@@ -150,7 +150,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if jax.default_backend() == "cpu" and not args.allow_cpu:
         raise SystemExit("device_check: no accelerator found (jax.default_backend() == 'cpu'); see the header")
-    from prorank_jax.data.beir import bundled_tokenizer_dir
+    from prorank_jax.bundled import bundled_tokenizer_dir
     from prorank_jax.pretrained import load_tokenizer
 
     config = qwen25_05b_config(args.layers)

@@ -15,7 +15,7 @@ import jax
 from prorank_jax import model
 from prorank_jax.config import ModelConfig
 from prorank_jax.data import bundled_data_dir, load_beir
-from prorank_jax.data.beir import bundled_tokenizer_dir
+from prorank_jax.bundled import bundled_tokenizer_dir
 from prorank_jax.pretrained import load_tokenizer
 from scoring.evaluate import evaluate
 from scoring.reranker import Reranker

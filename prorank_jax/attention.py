@@ -191,6 +191,8 @@ def rowwise_attention(
     token) are skipped by a lax.cond. Per block the kv heads' queries form one
     [groups x block, head_dim] matrix, so both products are plain GEMMs."""
     batch, queries, heads, dim = q.shape
+    # Plain NumPy masks (an eager call) cannot be indexed by the traced row of lax.map.
+    key_valid, query_slots = jnp.asarray(mask.key_valid), jnp.asarray(mask.query_slots)
     keys, kv_heads = k.shape[1], k.shape[2]
     groups = heads // kv_heads
     block = min(query_block, queries)
@@ -201,9 +203,9 @@ def rowwise_attention(
     qb = jnp.transpose(qb, (0, 1, 3, 4, 2, 5)).reshape(batch * blocks, kv_heads, groups * block, dim)
     kt = jnp.swapaxes(k, 1, 2)  # [batch, kv_heads, keys, dim]
     vt = jnp.swapaxes(v, 1, 2)
-    slots = jnp.pad(mask.query_slots, (0, pad), constant_values=-1).reshape(blocks, block)
-    real = jnp.take_along_axis(mask.key_valid, jnp.clip(mask.query_slots, 0, keys - 1)[None].repeat(batch, 0), axis=1)
-    real = real & (mask.query_slots >= 0)[None] & (mask.query_slots < keys)[None]
+    slots = jnp.pad(query_slots, (0, pad), constant_values=-1).reshape(blocks, block)
+    real = jnp.take_along_axis(key_valid, jnp.clip(query_slots, 0, keys - 1)[None].repeat(batch, 0), axis=1)
+    real = real & (query_slots >= 0)[None] & (query_slots < keys)[None]
     alive = jnp.pad(real, ((0, 0), (0, pad))).reshape(batch * blocks, block).any(axis=1)
     scale = jnp.asarray(dim**-0.5, jnp.float32)
     large_negative = _large_negative()
@@ -213,7 +215,7 @@ def rowwise_attention(
         row, j = index // blocks, index % blocks
 
         def run(_):
-            kb, vb, valid = kt[row], vt[row], mask.key_valid[row]
+            kb, vb, valid = kt[row], vt[row], key_valid[row]
             visible = valid[None, :] & (jnp.arange(keys)[None, :] <= slots[j][:, None])  # [block, keys]
             logits = jnp.einsum("kmd,ksd->kms", queries_b, kb, preferred_element_type=jnp.float32) * scale
             logits = jnp.where(visible[None, None], logits.reshape(kv_heads, groups, block, keys), large_negative)

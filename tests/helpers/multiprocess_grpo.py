@@ -40,7 +40,7 @@ def main(port: str, process_id: int, num_processes: int, out_dir: Path) -> dict:
     from prorank_jax import sharding as shd
     from prorank_jax.config import ModelConfig
     from prorank_jax.data import bundled_data_dir, load_beir
-    from prorank_jax.data.beir import bundled_tokenizer_dir
+    from prorank_jax.bundled import bundled_tokenizer_dir
     from prorank_jax.pretrained import load_tokenizer
     from prorank_jax.prompts import RerankPrompt, left_pad
     from rl.config import GRPOConfig

@@ -34,6 +34,19 @@ def test_module_warnings_keep_their_way(cli_handler, capsys, caplog):
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("prorank_jax.checkpoint", "step 3 is damaged")]
 
 
-def test_silent_without_the_cli(capsys):
+@pytest.fixture
+def no_cli_handler():
+    # A test that ran the CLI in this process (same xdist worker) left its handler installed.
+    before = (list(STATUS.handlers), STATUS.level, STATUS.propagate)
+    STATUS.handlers[:] = []
+    STATUS.setLevel(logging.NOTSET)
+    STATUS.propagate = True
+    yield
+    STATUS.handlers[:] = before[0]
+    STATUS.setLevel(before[1])
+    STATUS.propagate = before[2]
+
+
+def test_silent_without_the_cli(no_cli_handler, capsys):
     STATUS.info("exported %s", "x")
     assert capsys.readouterr().out == ""

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from prorank_jax import model
 from prorank_jax.config import ModelConfig
 from prorank_jax.data import bundled_data_dir
-from prorank_jax.data.beir import bundled_tokenizer_dir
+from prorank_jax.bundled import bundled_tokenizer_dir
 from prorank_jax.data.pipeline import DataConfig, load_config_examples, make_stage1_iterator
 from prorank_jax.pretrained import load_tokenizer
 from prorank_jax.prompts import RerankPrompt

@@ -23,7 +23,7 @@ import yaml
 from prorank_jax import hf, model, sampling, training
 from prorank_jax.config import ModelConfig
 from prorank_jax.data import bundled_data_dir
-from prorank_jax.data.beir import bundled_tokenizer_dir
+from prorank_jax.bundled import bundled_tokenizer_dir
 from prorank_jax.data.examples import PairExample
 from prorank_jax.data.pipeline import DataConfig, make_stage1_iterator
 from prorank_jax.pretrained import ModelSource, generation_eos_token_ids, load_model, load_tokenizer

@@ -79,7 +79,8 @@ from tqdm.auto import tqdm
 
 from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
-from prorank_jax.model import dtype_of, take_cache_rows
+from prorank_jax.dtypes import dtype_of
+from prorank_jax.model import take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
 from prorank_jax.prompts import prompt_family as _prompt_family
 from prorank_jax.pretrained import load_pretrained, load_tokenizer

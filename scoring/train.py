@@ -35,7 +35,7 @@ import numpy as np
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
 from prorank_jax.data.examples import GroupExample
-from prorank_jax.model import dtype_of
+from prorank_jax.dtypes import dtype_of
 from scoring.losses import ScoreLossConfig, combined_score_loss
 from prorank_jax.score import rerank_scores
 

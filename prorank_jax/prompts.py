@@ -281,11 +281,7 @@ class RerankPrompt:
         self, queries: Sequence[str], documents: Sequence[str], instruction: str | None = None
     ) -> list[EncodedPair]:
         """Encode pairs (queries[i], documents[i]); repeated queries are tokenized once."""
-        if len(queries) != len(documents):
-            raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
-        _check_texts("instruction", [instruction] if instruction is not None else [], allow_empty=True)
-        _check_texts("query", queries, allow_empty=False)
-        _check_texts("document", documents, allow_empty=True)
+        _check_pairs(queries, documents, instruction)
         unique_queries = list(dict.fromkeys(queries))
         query_ids = dict(
             zip(unique_queries, self._encode_many([query_text(q, instruction) for q in unique_queries]))
@@ -384,11 +380,7 @@ class Qwen3RerankPrompt:
         self, queries: Sequence[str], documents: Sequence[str], instruction: str | None = None
     ) -> list[EncodedPair]:
         """Encode pairs (queries[i], documents[i]); instruction None is the card's default one."""
-        if len(queries) != len(documents):
-            raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
-        _check_texts("instruction", [instruction] if instruction is not None else [], allow_empty=True)
-        _check_texts("query", queries, allow_empty=False)
-        _check_texts("document", documents, allow_empty=True)
+        _check_pairs(queries, documents, instruction)
         bodies = self._encode_many([qwen3_body_text(q, d, instruction) for q, d in zip(queries, documents)])
         # What precedes the document, to tell a cut document from a cut query (counts only).
         unique_queries = list(dict.fromkeys(queries))
@@ -519,6 +511,15 @@ def detect_prompt_family(folder: str | os.PathLike, override: str | None = None)
     if any(QWEN3_RERANKER_HINT in n.lower() for n in names) and config.get("model_type", "qwen3") == "qwen3":
         return QWEN3_RERANKER
     return DEFAULT_PROMPT_FAMILY
+
+
+def _check_pairs(queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> None:
+    """The input checks every prompt family's encode_batch makes before tokenizing."""
+    if len(queries) != len(documents):
+        raise ValueError(f"got {len(queries)} queries but {len(documents)} documents; they pair up one to one")
+    _check_texts("instruction", [instruction] if instruction is not None else [], allow_empty=True)
+    _check_texts("query", queries, allow_empty=False)
+    _check_texts("document", documents, allow_empty=True)
 
 
 def _check_texts(field: str, texts: Sequence[Any], *, allow_empty: bool) -> None:

@@ -40,6 +40,7 @@ no_id are the first ids of "1" / "0". `sigmoid_normalize` maps it to (0, 1) as m
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -566,3 +567,13 @@ def round_up_length(n: int, multiple: int = 8, cap: int | None = None) -> int:
         if up > capped:
             return max(capped, n)
     return up
+
+
+def smallest_bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest of the ascending `buckets` that holds `length` tokens; a longer sequence is
+    an error (never cut here)."""
+    i = bisect.bisect_left(buckets, length)
+    if i == len(buckets):
+        raise ValueError(
+            f"a prompt of {length} tokens is longer than the largest bucket {buckets[-1]} (buckets {tuple(buckets)})")
+    return buckets[i]

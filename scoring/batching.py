@@ -12,13 +12,12 @@ explains the bounds.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from prorank_jax.prompts import left_pad
+from prorank_jax.prompts import left_pad, smallest_bucket_for
 
 DEFAULT_STEPS_PER_OCTAVE = 4
 MIN_PREFIX_BUCKET = 16
@@ -63,14 +62,6 @@ def length_buckets(max_total_length: int, steps_per_octave: int = DEFAULT_STEPS_
         buckets += [octave + i * step for i in range(1, steps_per_octave + 1)]
         octave *= 2
     return tuple(b for b in buckets if b < top) + (top,)
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds `length` tokens."""
-    i = bisect.bisect_left(buckets, length)
-    if i == len(buckets):
-        raise ValueError(f"a prompt of {length} tokens exceeds the largest bucket {buckets[-1]}")
-    return buckets[i]
 
 
 def row_sizes(batch_size: int) -> tuple[int, ...]:
@@ -123,7 +114,7 @@ def plan_batches(
     batches = []
     start = 0
     while start < len(order):
-        length = bucket_for(int(lengths[order[start]]), buckets)
+        length = smallest_bucket_for(int(lengths[order[start]]), buckets)
         cap = rows_within_budget(length, batch_size, max_batch_tokens, context)
         idx = order[start : start + cap]
         batches.append(Batch(indices=idx, rows=rows_for(len(idx), cap), length=length))
@@ -232,7 +223,7 @@ def plan_prefix_chunks(
     chunks = []
     start = 0
     while start < len(group_order):
-        length = bucket_for(int(prefix_lengths[group_order[start]]), prefix_bucket_sizes)
+        length = smallest_bucket_for(int(prefix_lengths[group_order[start]]), prefix_bucket_sizes)
         cap = rows_within_budget(length, batch_size, max_batch_tokens)
         groups = group_order[start : start + cap]
         pairs = np.flatnonzero(np.isin(group_of, groups))

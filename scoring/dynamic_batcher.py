@@ -29,7 +29,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scoring.batching import Batch, batch_arrays, bucket_for, length_buckets, row_sizes, rows_for
+from prorank_jax.prompts import smallest_bucket_for
+from scoring.batching import Batch, batch_arrays, length_buckets, row_sizes, rows_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def serving_ladder(
             f"max_batch_tokens={max_batch_tokens} is below the longest padded prompt ({buckets[-1]} tokens for "
             f"max_length + template); raise it or lower max_length"
         )
-    lengths = tuple(b for b in buckets if b >= bucket_for(min(min_prompt_length, max_total_length), buckets))
+    lengths = tuple(b for b in buckets if b >= smallest_bucket_for(min(min_prompt_length, max_total_length), buckets))
     return ServingLadder(lengths, {length: max(1, min(max_rows, max_batch_tokens // length)) for length in lengths})
 
 
@@ -74,7 +75,7 @@ def plan_token_batches(lengths: Sequence[int], ladder: ServingLadder) -> list[Ba
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        length = bucket_for(int(lengths[order[start]]), ladder.lengths)
+        length = smallest_bucket_for(int(lengths[order[start]]), ladder.lengths)
         cap = ladder.max_rows(length)
         idx = order[start : start + cap]
         batches.append(Batch(indices=idx, rows=rows_for(len(idx), cap), length=length))

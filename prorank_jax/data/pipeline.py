@@ -51,7 +51,7 @@ import numpy as np
 
 from prorank_jax.data.examples import GroupExample, PairExample
 from prorank_jax.data.sources import PATHLESS_KINDS, SOURCE_KINDS, load_examples
-from prorank_jax.prompts import RerankPrompt, left_pad, round_up_length
+from prorank_jax.prompts import RerankPrompt, left_pad, round_up_length, smallest_bucket_for
 
 logger = logging.getLogger(__name__)
 
@@ -211,14 +211,6 @@ def default_buckets(max_total_length: int, model_max_length: int | None = None) 
         buckets.append(b)
         b *= 2
     return (*buckets, top)
-
-
-def smallest_bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= length; a longer sequence is an error (never cut here)."""
-    for b in buckets:
-        if length <= b:
-            return b
-    raise ValueError(f"a prompt of {length} tokens is longer than the largest bucket {buckets[-1]} (buckets {buckets})")
 
 
 def shard_bounds(

@@ -24,7 +24,6 @@ from scoring.reranker import (
     RankResult,
     Reranker,
     TruncationWarning,
-    bucket_for,
     default_pack_tokens,
     length_buckets,
     max_compiled_prefix_shapes,
@@ -252,9 +251,6 @@ def test_length_buckets():
             # above 64 tokens padding wastes at most 1/steps of a batch
             assert all(hi <= lo * (1 + 1 / steps) for lo, hi in zip(b, b[1:]) if lo >= 64)
     assert len(length_buckets(8272, 4)) == 37  # Qwen2.5 with max_length 8192 and an ~80-token template
-    assert bucket_for(64, (8, 64, 80)) == 64 and bucket_for(65, (8, 64, 80)) == 80
-    with pytest.raises(ValueError, match="exceeds the largest bucket 80"):
-        bucket_for(81, (8, 64, 80))
     with pytest.raises(ValueError, match="steps_per_octave"):
         length_buckets(100, 3)
 

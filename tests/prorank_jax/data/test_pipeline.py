@@ -16,10 +16,9 @@ from prorank_jax.data.pipeline import (
     make_stage1_iterator,
     make_stage2_iterator,
     shard_bounds,
-    smallest_bucket_for,
 )
 from prorank_jax.data.sources import bundled_group_examples, bundled_pair_examples, tfds_examples
-from prorank_jax.prompts import RerankPrompt
+from prorank_jax.prompts import RerankPrompt, smallest_bucket_for
 
 MAX_LENGTH = 48
 ONE_PROCESS = grain.sharding.ShardOptions(shard_index=0, shard_count=1)

@@ -39,8 +39,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,7 +50,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from prorank_jax import hf
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
-from prorank_jax.files import atomic_text_writer
+from prorank_jax.files import atomic_text_writer, staged_dir
 from prorank_jax.preemption import any_process, sync_processes
 from prorank_jax.run_folder import (CHECKPOINTS_DIR, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_DIR,
                                     missing_run_folder_parts)
@@ -529,14 +527,9 @@ def write_run_metadata(out_dir: str | os.PathLike, *, resolved_config: Mapping[s
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with staged_dir(dst) as tmp:
         if not hf.copy_tokenizer_files(src, tmp):
             raise CheckpointError(f"{src}: no tokenizer files found (looked for {hf.TOKENIZER_FILES})")
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _check_run_folder(run_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """Atomic file and folder writes: readers see the old content or the new, never a half-written one.
 
 Every module that writes results (checkpoints' JSON side files, JSONL and TREC files,
-metrics, exported folders) goes through these two helpers, so "write to a temporary name
+metrics, exported folders) goes through these helpers, so "write to a temporary name
 beside the target, then rename" is implemented once. The temporary name sits in the
 target's own folder so that the final rename stays on one filesystem (os.replace is only
 atomic there). Stdlib only: the data readers import this without jax.
@@ -37,6 +37,21 @@ def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        raise
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
+    """A fresh folder beside ``dst`` to fill; it replaces ``dst`` when the block exits cleanly
+    and is removed when it raises, so ``dst`` is never seen half-written."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.{tag}-", dir=dst.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

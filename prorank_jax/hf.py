@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from prorank_jax.config import ModelConfig
 from prorank_jax.dtypes import dtype_of
-from prorank_jax.files import replace_dir
+from prorank_jax.files import staged_dir
 
 # HF tensor suffix under "model.layers.{i}." -> (path under params["model"]["layers"], transposed)
 LAYER_TABLE: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -288,9 +287,7 @@ def save(
     (a model card, for example).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         hf_config = config.to_hf()
         if dtype:
             hf_config["dtype"] = dtype
@@ -316,10 +313,6 @@ def save(
                 raise HFFolderError(f"{tokenizer_dir}: no tokenizer files found (looked for {TOKENIZER_FILES})")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -3,7 +3,7 @@
 Two formats, one procedure (export_hf, export_seq_cls): resolve the checkpoint (a prorank
 run folder at a step, or an HF folder), assemble the folder at a staging name beside
 --out, self-check it (self_check.py), and only then rename it into place
-(files.replace_dir), so a failed export leaves nothing behind.
+(files.staged_dir), so a failed export leaves nothing behind.
 
 The causal-LM folder (export_hf) holds:
 
@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -49,7 +47,7 @@ from prorank_jax.export.seq_cls import (
     seq_cls_config,
     seq_cls_tensors,
 )
-from prorank_jax.files import replace_dir
+from prorank_jax.files import staged_dir
 from prorank_jax.prompts import MXBAI_V2, PRORANK_FILE, RerankPrompt, detect_prompt_family, prorank_file_text
 from prorank_jax.prompts import prompt_family as _prompt_family
 from prorank_jax.status import STATUS
@@ -198,20 +196,14 @@ def export_hf(
     flat["README.md"] = model_card(facts)
     flat[PRORANK_FILE] = prorank_file_text(family)
 
-    # Stage beside out_dir: hf.save assembles the folder atomically at the staging name,
-    # the sentence-transformers sub-folder is added, the folder is checked, then renamed.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
-    staged = staging_root / out_dir.name
-    try:
+    # Stage beside out_dir: hf.save fills the staging folder, the sentence-transformers
+    # sub-folder is added, the folder is checked, and only then does it replace out_dir.
+    with staged_dir(out_dir, "export") as staged:
         hf.save(params, config, staged, tokenizer_dir=tokenizer_dir, dtype=dtype, extra_files=flat)
         for name, text in nested.items():
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
             (staged / name).write_text(text)
         check = self_check(staged, config, params, tokenizer_dir, dtype, pairs, family=family)
-        replace_dir(staged, out_dir)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
     STATUS.info("exported %s%s to %s (%s); %s", checkpoint, f" step {step}" if step is not None else "", out_dir,
                 dtype, check.line())
 
@@ -250,9 +242,7 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
     pairs = list(pairs or check_pairs())
     expected = score_pairs(config, round_to(params, dtype), tok, pairs)
     source = str(checkpoint) + (f" (step {step})" if step is not None else "")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.seqcls-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, "seqcls") as staging:
         hf_config = seq_cls_config(config, pad_token_id_for(config, tok), dtype)
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         hf.write_safetensors(staging / "model.safetensors",
@@ -266,9 +256,6 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
         if not np.all(np.isfinite(got)) or not diff <= CHECK_ATOL:
             raise ExportCheckError(f"{out_dir}: the classifier's scores differ from the checkpoint's by up to "
                                    f"{diff:.3g} (tolerance {CHECK_ATOL:g}) on {len(pairs)} pairs")
-        replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     STATUS.info("exported %s to %s as %s (%s); self-check: %d pairs, max |reloaded - checkpoint| = %.2e (<= %g)",
                 source, out_dir, hf_config["architectures"][0], dtype, len(pairs), diff, CHECK_ATOL)
     return out_dir

@@ -36,6 +36,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from prorank_jax import attention
+
 GiB = 1024**3
 
 
@@ -319,6 +321,15 @@ def refused_temp_bytes(message: str) -> int | None:
     return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2) or " "))
 
 
+def platform_of(args) -> str:
+    """The platform ("tpu", ...) of the devices a program's sharded arguments are placed on."""
+    for leaf in jax.tree_util.tree_leaves(args):
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is not None:
+            return next(iter(sharding.device_set)).platform
+    return jax.default_backend()
+
+
 def compile_program(spec: ProgramSpec, chip: ChipSpec, num_chips: int) -> ProgramReport:
     """Lower and compile one program for the topology's devices; its per-chip report.
 
@@ -326,12 +337,15 @@ def compile_program(spec: ProgramSpec, chip: ChipSpec, num_chips: int) -> Progra
     with the temporaries the compiler named, the arguments from their shardings, and FLOPs
     from the jaxpr alone.
     """
-    jaxpr = jax.make_jaxpr(lambda *a: spec.fn(*a, **spec.kwargs))(*spec.args)
+    # Trace as the target platform traces (attention's "auto" choice), not as this CPU host.
+    with attention.compiling_for(platform_of(spec.args)):
+        jaxpr = jax.make_jaxpr(lambda *a: spec.fn(*a, **spec.kwargs))(*spec.args)
+        start = time.perf_counter()
+        lowered = spec.fn.lower(*spec.args, **spec.kwargs)
     full, once = loop_flops(jaxpr.jaxpr, spec.while_trips)
     chips = spec.chips or num_chips
-    start = time.perf_counter()
     try:
-        compiled = spec.fn.lower(*spec.args, **spec.kwargs).compile()
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as err:
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise

@@ -26,6 +26,11 @@ Implementations (ModelConfig.attn_implementation):
     small matrix is fastest. The choice is made at trace
     time from static shapes; a fallback from cudnn is logged with its reason.
 
+The platform "auto" decides for is the one the program is compiled for: jax's default
+backend, or the one named by `compiling_for` while a program is lowered for devices this
+process does not run on (--compile-for lowers TPU programs on a CPU machine, and must
+trace what a TPU run traces, not the CPU-only rowwise path).
+
 TPU runs blockwise above the threshold rather than a Pallas flash kernel: the kernels JAX
 ships for TPU take a causal flag for equal-length queries and keys, not the KV-cache offset
 and left padding this decoder needs.
@@ -33,9 +38,11 @@ and left padding this decoder needs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +64,28 @@ ROW_QUERY_BLOCK = 32
 # "auto" on CPU takes rowwise_attention from this many queries on (prompts); a decode step
 # (one query) keeps XLA's kernel, whose scores are one row anyway.
 ROWWISE_MIN_QUERIES = 16
+
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("attention_target_platform",
+                                                                            default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+    """Within the block, attention traced with "auto" chooses as it would on `platform`
+    ("tpu", "gpu", "cpu") instead of on this process's default backend. jax reuses a trace
+    for the same function and argument types; arguments placed on the target's devices
+    (as prorank_jax.aot's are) keep a CPU trace from being reused for the target."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    """The platform attention is being traced for (see compiling_for)."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
 class AttentionMask(NamedTuple):
@@ -105,7 +134,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, reques
     """softmax(q k^T / sqrt(head_dim), masked) v for q [B, T, H, D], k/v [B, S, KV, D] (GQA:
     H a multiple of KV); the result [B, T, H, D] in q's dtype. Logits and softmax run in
     float32 whatever the input dtype."""
-    impl, why = choose_implementation(requested, jax.default_backend(), q.dtype, q.shape[-1], q.shape[1], k.shape[1])
+    impl, why = choose_implementation(requested, target_platform(), q.dtype, q.shape[-1], q.shape[1], k.shape[1])
     if impl == "cudnn":
         try:
             return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(), implementation="cudnn")

@@ -116,3 +116,30 @@ def test_unknown_topology_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "unknown TPU topology 'v5e-9'" in err and "v5litepod-8" in err
+
+
+def test_programs_for_a_tpu_trace_attention_as_a_tpu_run_does(monkeypatch):
+    """This CPU host would pick rowwise attention for 32 queries (its CPU-only path); a
+    program compiled for TPU chips must trace what a TPU run traces instead."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from prorank_jax import attention
+
+    rowwise_calls = []
+    rowwise = attention.rowwise_attention
+    monkeypatch.setattr(attention, "rowwise_attention", lambda *a, **k: rowwise_calls.append(1) or rowwise(*a, **k))
+    topology = aot.resolve_topology("v5e:2x4")
+    devices = aot.topology_devices(topology)
+    on_chips = NamedSharding(jax.sharding.Mesh(devices, ("data",)), PartitionSpec("data"))
+    q = jax.ShapeDtypeStruct((8, 32, 4, 16), "float32", sharding=on_chips)
+    kv = jax.ShapeDtypeStruct((8, 32, 2, 16), "float32", sharding=on_chips)
+    mask = attention.AttentionMask(jax.numpy.ones((8, 32), bool), jax.numpy.arange(32))
+
+    def attend(q, k, v):
+        return attention.attend(q, k, v, mask)
+
+    jax.make_jaxpr(lambda *a: attend(*a))(q, kv, kv)  # traced for this host: rowwise, so the spy works
+    assert rowwise_calls == [1] and aot.platform_of((q, kv)) == "tpu"
+    report = aot.compile_program(aot.ProgramSpec("attention", jax.jit(attend), (q, kv, kv)), topology.chip,
+                                 len(devices))
+    assert report.fits and rowwise_calls == [1]  # neither the FLOP count nor the lowering took rowwise

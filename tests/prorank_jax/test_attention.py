@@ -180,3 +180,15 @@ def test_model_forward_and_extend_equal_across_implementations():
     for impl in ("blockwise", "rowwise"):
         for got, want in zip(out[impl], out["xla"]):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiling_for_names_the_platform_auto_decides_for():
+    from prorank_jax.attention import compiling_for, target_platform
+
+    assert target_platform() == jax.default_backend()
+    with compiling_for("tpu"):
+        assert target_platform() == "tpu"
+        with compiling_for("gpu"):
+            assert target_platform() == "gpu"
+        assert target_platform() == "tpu"
+    assert target_platform() == jax.default_backend()

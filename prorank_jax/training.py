@@ -137,15 +137,18 @@ LossFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, Mapping[str, 
 def apply_gradients(state: TrainState, loss, aux, grads, optimizer) -> tuple[TrainState, dict]:
     """One optimizer update, refused (state kept, counter bumped) when anything is non-finite."""
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-    new_state = TrainState(
-        step=state.step + 1,
-        params=jax.tree_util.tree_map(keep, new_params, state.params),
-        opt_state=jax.tree_util.tree_map(keep, new_opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-    )
+
+    def update(params_and_opt):
+        params, opt_state = params_and_opt
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    # A cond, not a where(finite, new, old) over the state: the select keeps old and new
+    # params and moments alive together, 1.5 extra copies of the float32 params in the
+    # compiled step (measured by memory_analysis), where the cond updates them in place.
+    params, opt_state = jax.lax.cond(finite, update, lambda x: x, (state.params, state.opt_state))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = dict(aux)
     metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_skipped=(~finite).astype(jnp.float32))
     return new_state, metrics

@@ -19,9 +19,10 @@ from launch.dry_run import DryRunError, dry_run_report, print_dry_run
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
 from prorank_jax.pretrained import ModelSource
+from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+ENV = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu",
            PYTHONPATH=str(REPO))
 
 

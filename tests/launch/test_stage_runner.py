@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.helpers.env import xla_flags
+
 REPO = Path(__file__).resolve().parents[2]
 
 # 8 simulated CPU devices (XLA_FLAGS must be set before JAX starts, hence the subprocess).
@@ -33,7 +35,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_both_stages_refuse_a_batch_the_mesh_cannot_split(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -26,6 +26,7 @@ import pytest
 from prorank_jax import checkpoint as ckpt
 from prorank_jax.config import ModelConfig
 from prorank_jax.model import init_params
+from tests.helpers.env import xla_flags
 
 # When a read fails, orbax closes its asyncio loop while tensorstore's other reads are
 # still in flight; their late callbacks print "Event loop is closed" (harmless, and
@@ -458,7 +459,7 @@ _MESH_SCRIPT = textwrap.dedent("""
 
 
 def _run_mesh(tmp_path, mode, directory, expected, devices, mesh_shape, restore_from=()):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=devices), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     script = tmp_path / "mesh_script.py"
     script.write_text(_MESH_SCRIPT)

@@ -8,6 +8,7 @@ import torch
 
 from prorank_jax import hf, model
 from prorank_jax.config import REMAT_POLICIES
+from tests.helpers.env import xla_flags
 from tests.helpers.hf_models import PARITY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
 
 LENGTHS = [11, 7, 3, 11]  # left padding of 0, 4, 8 and 0 tokens
@@ -178,7 +179,7 @@ def test_token_logprobs_chunks_keep_a_batch_sharded_input_local():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(repo))
     proc = subprocess.run([sys.executable, "-c", _SHARDED_LOGPROBS_SCRIPT], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)

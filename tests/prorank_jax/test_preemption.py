@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from prorank_jax import preemption
+from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
     script = tmp_path / "process.py"
     script.write_text(_PROCESS_SCRIPT)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    env["XLA_FLAGS"] = xla_flags()  # one CPU device per process
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path / f"out{i}")],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,6 +14,7 @@ import pytest
 from prorank_jax import model
 from prorank_jax import sampling as S
 from prorank_jax.config import ModelConfig
+from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT_LENGTHS = (9, 5, 2)  # left padding of 0, 4 and 7 tokens
@@ -342,7 +343,7 @@ def test_sharded_greedy_sampling_on_an_8_device_mesh_matches_single_device():
 
     A subprocess, because the device count is fixed when jax is first imported.
     """
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.multiprocess_grpo import GROUP
+from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def _free_port() -> int:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    env["XLA_FLAGS"] = xla_flags()  # one CPU device per process
     port = str(_free_port())
     commands = [(root / "two", [port, "0", "2"]), (root / "two", [port, "1", "2"]), (root / "one", ["0", "0", "1"])]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.helpers.multiprocess_grpo", *args, str(out)], cwd=REPO,

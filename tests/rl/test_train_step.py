@@ -14,12 +14,13 @@ from prorank_jax import model, training
 from prorank_jax import sharding as shd
 from tests.helpers.schedules import learning_rate_at
 from tests.helpers.sharded_step import TINY, grpo_case
+from tests.helpers.env import xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_sharded(stage: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-m", "tests.helpers.sharded_step", stage], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -24,6 +24,7 @@ from prorank_jax.data import bundled_data_dir, load_beir
 from prorank_jax.bundled import bundled_tokenizer_dir
 from prorank_jax.pretrained import load_tokenizer
 from scoring.reranker import Reranker
+from tests.helpers.env import xla_flags
 
 assert jax.local_device_count() == 8, jax.devices()
 config = ModelConfig.from_hf(bundled_data_dir() / "tiny_model.json")
@@ -68,7 +69,7 @@ print("RESULT" + json.dumps(result))
 
 
 def test_reranker_on_8_devices_scores_as_on_one_and_splits_each_batch():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices=8), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)

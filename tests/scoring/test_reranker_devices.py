@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers.env import xla_flags
+
 REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
@@ -24,7 +26,6 @@ from prorank_jax.data import bundled_data_dir, load_beir
 from prorank_jax.bundled import bundled_tokenizer_dir
 from prorank_jax.pretrained import load_tokenizer
 from scoring.reranker import Reranker
-from tests.helpers.env import xla_flags
 
 assert jax.local_device_count() == 8, jax.devices()
 config = ModelConfig.from_hf(bundled_data_dir() / "tiny_model.json")

@@ -164,9 +164,9 @@ def test_scores_do_not_depend_on_batching_or_buckets(model_dir, tok):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4,
                                    err_msg=f"batch_size={batch_size} steps={steps} pack={pack}")
         np.testing.assert_array_equal(top_k_order(got, len(got)), expected_order)
-        # per-call batch_size overrides the default and gives the same scores
-        with pytest.warns(TruncationWarning):
-            np.testing.assert_allclose(rr.predict(queries, documents, batch_size=2), got, rtol=0, atol=1e-5)
+        if batch_size == 1:  # per-call batch_size overrides the default and gives the same scores
+            with pytest.warns(TruncationWarning):
+                np.testing.assert_allclose(rr.predict(queries, documents, batch_size=2), got, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -393,8 +393,11 @@ def grouped_cases(seed=0, docs_per_query=4):
     return [q for q, _ in pairs], [d for _, d in pairs]
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-@pytest.mark.parametrize("instruction,max_length", [(None, 8192), (INSTRUCTION, 96)])
+# Batch sizes 1 (one row per call), 3 (a partial last batch) and 8 (every group in one call),
+# spread over the two prompt settings rather than crossed with them: each combination
+# compiles its own set of shapes, and the cross product cost the suite about a minute more.
+@pytest.mark.parametrize("instruction,max_length,batch_size", [(None, 8192, 3), (INSTRUCTION, 96, 1),
+                                                               (INSTRUCTION, 96, 8)])
 def test_prefix_reuse_matches_whole_prompts_and_mxbai(model_dir, tok, batch_size, instruction, max_length):
     folder, torch_model = model_dir
     queries, documents = grouped_cases(seed=batch_size)

@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures are built once): JAX compiles
 # and the Python between steps leave a core idle in one process. The last full run on 2
-# cores took 24 min (2026-11-30), just under the 25-minute target: see the README's Tests section.
+# cores took 25.6 min beside a TPU compile (2026-11-30): see the README's Tests section.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 

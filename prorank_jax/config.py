@@ -1,4 +1,4 @@
-"""ModelConfig: the hyperparameters of a Qwen2 / Qwen2.5 / Qwen3 decoder.
+"""ModelConfig: the hyperparameters of a Qwen2 / Qwen2.5 / Qwen3 or Llama decoder.
 
 Built from (and written back to) a Hugging Face ``config.json``. Only what the
 decoder implements is accepted: a feature that would change the numbers (sliding
@@ -14,7 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+# The HF causal-LM class of each family (config.json's "architectures").
+CAUSAL_LM_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+# RoPE scalings the decoder implements, by HF's rope_type.
+ROPE_SCALING_TYPES = ("llama3",)
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 # How attention is computed; see prorank_jax/attention.py.
@@ -38,8 +42,45 @@ def _normalize_token_ids(name: str, value: Any) -> int | tuple[int, ...] | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's frequency-dependent RoPE scaling (HF rope_type "llama3"): wavelengths
+    longer than original_max_position_embeddings / low_freq_factor are stretched by
+    `factor`, shorter than ... / high_freq_factor are kept, and those between interpolate."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_type: str = "llama3"
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_SCALING_TYPES:
+            raise ConfigError(f"rope_scaling.rope_type={self.rope_type!r}; expected one of {ROPE_SCALING_TYPES}")
+        if not self.high_freq_factor > self.low_freq_factor > 0 or self.factor <= 0:
+            raise ConfigError(
+                f"rope_scaling: factor={self.factor}, low_freq_factor={self.low_freq_factor}, "
+                f"high_freq_factor={self.high_freq_factor}; expected factor > 0 and "
+                "high_freq_factor > low_freq_factor > 0"
+            )
+        if self.original_max_position_embeddings <= 0:
+            raise ConfigError(f"rope_scaling.original_max_position_embeddings="
+                              f"{self.original_max_position_embeddings} must be positive")
+
+    def to_hf(self, rope_theta: float) -> dict[str, Any]:
+        return {"rope_type": self.rope_type, "rope_theta": rope_theta, "factor": self.factor,
+                "low_freq_factor": self.low_freq_factor, "high_freq_factor": self.high_freq_factor,
+                "original_max_position_embeddings": self.original_max_position_embeddings}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of the decoder; field names follow Hugging Face's Qwen2Config.
+    """Hyperparameters of the decoder; field names follow Hugging Face's Qwen2Config /
+    LlamaConfig.
+
+    The families differ in a few switches: Qwen2 has q/k/v biases (attention_bias), Qwen3
+    q/k RMSNorm (qk_norm) and, with attention_bias, biases on all four projections; Llama
+    has no biases unless attention_bias / mlp_bias say so, and may scale RoPE
+    (rope_scaling, Llama 3.1's "llama3" type).
 
     dtype is the compute dtype (activations, matmul inputs); param_dtype is the
     storage dtype of the weights. Whatever dtype is chosen, RoPE angles, RMSNorm
@@ -65,7 +106,9 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     attention_bias: bool = True
+    mlp_bias: bool = False
     qk_norm: bool = False
+    rope_scaling: RopeScaling | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None  # a list (as in many hub configs) becomes a tuple
     pad_token_id: int | None = None
@@ -90,6 +133,10 @@ class ModelConfig:
                 f"num_attention_heads={self.num_attention_heads} must be a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(f"rope_scaling={self.rope_scaling!r} must be a RopeScaling or None")
+        if self.mlp_bias and self.model_type != "llama":
+            raise ConfigError(f"mlp_bias=True is a Llama option; model_type={self.model_type!r} has none")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         for name in ("dtype", "param_dtype"):
@@ -116,8 +163,8 @@ class ModelConfig:
 
     @property
     def o_proj_bias(self) -> bool:
-        """Qwen3's attention_bias also covers o_proj; Qwen2 never has an o_proj bias."""
-        return self.model_type == "qwen3" and self.attention_bias
+        """Qwen3's and Llama's attention_bias also covers o_proj; Qwen2 never has an o_proj bias."""
+        return self.model_type in ("qwen3", "llama") and self.attention_bias
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -142,9 +189,12 @@ class ModelConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json dict that transformers reads for this model."""
-        arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
+        if self.rope_scaling is None:
+            rope_parameters = {"rope_type": "default", "rope_theta": self.rope_theta}
+        else:
+            rope_parameters = self.rope_scaling.to_hf(self.rope_theta)
         out: dict[str, Any] = {
-            "architectures": [arch],
+            "architectures": [CAUSAL_LM_ARCHITECTURES[self.model_type]],
             "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -157,10 +207,8 @@ class ModelConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": rope_parameters,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "use_sliding_window": False,
-            "sliding_window": None,
             "attention_dropout": 0.0,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
@@ -168,8 +216,15 @@ class ModelConfig:
             "dtype": self.param_dtype,
             "use_cache": True,
         }
+        if self.model_type in ("qwen2", "qwen3"):
+            out.update(use_sliding_window=False, sliding_window=None)
         if self.model_type == "qwen3":
             out["attention_bias"] = self.attention_bias
+        if self.model_type == "llama":
+            out.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias, pretraining_tp=1)
+            if self.rope_scaling is not None:
+                # transformers before 5 read the scaling from rope_scaling only.
+                out["rope_scaling"] = rope_parameters
         return out
 
 
@@ -198,29 +253,16 @@ def _fields_from_hf(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         raise fail("quantization_config", cfg["quantization_config"].get("quant_method"), "no quantization (dequantize first)")
     if cfg.get("use_mrope", False):
         raise fail("use_mrope", cfg["use_mrope"], "false")
+    if cfg.get("pretraining_tp", 1) != 1:
+        raise fail("pretraining_tp", cfg["pretraining_tp"], "1 (split-matmul emulation is not implemented)")
 
-    rope_theta = cfg.get("rope_theta")
-    # transformers 5 moved RoPE settings into rope_parameters; older files have rope_scaling.
-    for key in ("rope_parameters", "rope_scaling"):
-        rope = cfg.get(key)
-        if not rope:
-            continue
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        if kind != "default":
-            raise fail(f"{key}.rope_type", kind, "'default' (no RoPE scaling is implemented)")
-        if "rope_theta" in rope:
-            if rope_theta is not None and float(rope["rope_theta"]) != float(rope_theta):
-                raise ConfigError(
-                    f"{source}: rope_theta={rope_theta} disagrees with {key}.rope_theta={rope['rope_theta']}"
-                )
-            rope_theta = rope["rope_theta"]
-    if rope_theta is None:
-        rope_theta = 10000.0
-
+    rope_theta, rope_scaling = _rope_from_hf(cfg, model_type, source, fail)
     heads = int(cfg["num_attention_heads"])
     head_dim = cfg.get("head_dim") or int(cfg["hidden_size"]) // heads
     is_qwen3 = model_type == "qwen3"
-    attention_bias = bool(cfg.get("attention_bias", False)) if is_qwen3 else True
+    # Qwen2 always has q/k/v biases (its config has no switch); Qwen3 and Llama say so.
+    attention_bias = bool(cfg.get("attention_bias", False)) if model_type != "qwen2" else True
+    mlp_bias = bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False
     return dict(
         model_type=model_type,
         vocab_size=int(cfg["vocab_size"]),
@@ -235,8 +277,47 @@ def _fields_from_hf(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=attention_bias,
+        mlp_bias=mlp_bias,
         qk_norm=is_qwen3,
+        rope_scaling=rope_scaling,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
         pad_token_id=cfg.get("pad_token_id"),
     )
+
+
+def _rope_from_hf(cfg: dict[str, Any], model_type: str, source: str, fail) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from a config.json: transformers 5 keeps RoPE settings in
+    rope_parameters, older files in rope_theta and rope_scaling; both may be present and
+    must then agree."""
+    rope_theta = cfg.get("rope_theta")
+    scaling: RopeScaling | None = None
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = cfg.get(key)
+        if not rope:
+            continue
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind == "llama3" and model_type == "llama":
+            try:
+                found = RopeScaling(
+                    factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+                    high_freq_factor=float(rope["high_freq_factor"]),
+                    original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+                )
+            except KeyError as err:
+                raise ConfigError(f"{source}: {key} of rope_type 'llama3' lacks field {err.args[0]!r}") from None
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {key}: {err}") from None
+            if scaling is not None and scaling != found:
+                raise ConfigError(f"{source}: rope_parameters and rope_scaling describe different scalings")
+            scaling = found
+        elif kind != "default":
+            allowed = "'default' or 'llama3'" if model_type == "llama" else "'default' (no RoPE scaling for this family)"
+            raise fail(f"{key}.rope_type", kind, allowed)
+        if "rope_theta" in rope:
+            if rope_theta is not None and float(rope["rope_theta"]) != float(rope_theta):
+                raise ConfigError(
+                    f"{source}: rope_theta={rope_theta} disagrees with {key}.rope_theta={rope['rope_theta']}"
+                )
+            rope_theta = rope["rope_theta"]
+    return float(10000.0 if rope_theta is None else rope_theta), scaling

@@ -40,6 +40,9 @@ LAYER_TABLE: dict[str, tuple[tuple[str, ...], bool]] = {
     "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True),
     "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True),
     "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True),
+    "mlp.gate_proj.bias": (("mlp", "gate_proj", "bias"), False),
+    "mlp.up_proj.bias": (("mlp", "up_proj", "bias"), False),
+    "mlp.down_proj.bias": (("mlp", "down_proj", "bias"), False),
     "input_layernorm.weight": (("input_layernorm", "weight"), False),
     "post_attention_layernorm.weight": (("post_attention_layernorm", "weight"), False),
 }
@@ -136,6 +139,9 @@ def expected_hf_names(config: ModelConfig) -> dict[str, tuple[int | None, tuple[
                              "self_attn.v_proj.bias": (kv_out,)})
     if c.o_proj_bias:
         layer_shapes["self_attn.o_proj.bias"] = (d,)
+    if c.mlp_bias:
+        layer_shapes.update({"mlp.gate_proj.bias": (c.intermediate_size,), "mlp.up_proj.bias": (c.intermediate_size,),
+                             "mlp.down_proj.bias": (d,)})
     if c.qk_norm:
         layer_shapes.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,)})
     names = {}
@@ -174,7 +180,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def load(folder: str | os.PathLike, **config_overrides: Any) -> tuple[ModelConfig, dict]:
-    """Load an HF Qwen2/Qwen3 checkpoint folder as (ModelConfig, numpy params pytree).
+    """Load an HF Qwen2/Qwen3/Llama checkpoint folder as (ModelConfig, numpy params pytree).
 
     config_overrides set fields that are ours rather than HF's (dtype, param_dtype,
     remat). Weights are cast to param_dtype. Missing, unexpected or mis-shaped

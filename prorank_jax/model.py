@@ -1,4 +1,4 @@
-"""The Qwen2 / Qwen2.5 / Qwen3 decoder as pure functions over a params pytree.
+"""The Qwen2 / Qwen2.5 / Qwen3 and Llama decoder as pure functions over a params pytree.
 
 The params pytree mirrors Hugging Face's module names, so conversion is a table
 (see hf.py)::
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from prorank_jax.attention import AttentionMask, attend
-from prorank_jax.config import ModelConfig
+from prorank_jax.config import ModelConfig, RopeScaling
 from prorank_jax.dtypes import dtype_of
 
 Params = Any
@@ -108,9 +108,28 @@ class RMSNorm(nn.Module):
         return weight.astype(self.dtype) * normed.astype(self.dtype)
 
 
-def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin of shape [batch, length, head_dim] in float32 for integer positions."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """The [head_dim / 2] rotary frequencies, float32, with Llama 3.1's scaling when given."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    wavelen = 2 * jnp.pi / inv_freq
+    long_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    short_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    stretched = jnp.where(wavelen > long_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    interpolated = (1 - smooth) * stretched / scaling.factor + smooth * stretched
+    between = (wavelen >= short_wavelen) & (wavelen <= long_wavelen)
+    return jnp.where(between, interpolated, stretched)
+
+
+def rope_cos_sin(
+    positions: jax.Array, head_dim: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape [batch, length, head_dim] in float32 for integer positions."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
@@ -181,7 +200,7 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.config
         dense = lambda f, name: nn.Dense(  # noqa: E731
-            f, use_bias=False, dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype), name=name
+            f, use_bias=c.mlp_bias, dtype=dtype_of(c.dtype), param_dtype=dtype_of(c.param_dtype), name=name
         )
         gate = dense(c.intermediate_size, "gate_proj")(x)
         up = dense(c.intermediate_size, "up_proj")(x)
@@ -213,7 +232,7 @@ _REMAT_POLICIES = {
 
 
 class QwenModel(nn.Module):
-    """Embedding, scanned decoder layers, final norm; HF's Qwen2Model / Qwen3Model."""
+    """Embedding, scanned decoder layers, final norm; HF's Qwen2Model / Qwen3Model / LlamaModel."""
 
     config: ModelConfig
 
@@ -230,7 +249,7 @@ class QwenModel(nn.Module):
             input_ids, positions = take(input_ids), take(positions)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed_tokens")
         hidden = embed(input_ids)
-        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling)
 
         layer_cls = DecoderLayer
         if c.remat != "none":

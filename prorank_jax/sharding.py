@@ -33,6 +33,9 @@ PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str, ...]] = {
     ("gate_proj", "kernel"): ("embed", "mlp"),
     ("up_proj", "kernel"): ("embed", "mlp"),
     ("down_proj", "kernel"): ("mlp", "embed"),
+    ("gate_proj", "bias"): ("mlp",),
+    ("up_proj", "bias"): ("mlp",),
+    ("down_proj", "bias"): ("embed",),
     ("lm_head", "kernel"): ("embed", "vocab"),
 }
 NORM_AXES = ("norm",)

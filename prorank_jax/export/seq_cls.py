@@ -31,7 +31,8 @@ from prorank_jax.dtypes import dtype_of
 from prorank_jax.export.self_check import score_pairs
 from prorank_jax.prompts import RerankPrompt
 
-SEQ_CLS_ARCHITECTURES = {"qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification"}
+SEQ_CLS_ARCHITECTURES = {"qwen2": "Qwen2ForSequenceClassification", "qwen3": "Qwen3ForSequenceClassification",
+                         "llama": "LlamaForSequenceClassification"}
 SCORE_WEIGHT = "score.weight"
 
 

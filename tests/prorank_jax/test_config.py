@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from transformers import Qwen2Config, Qwen3Config
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
 from prorank_jax.config import ConfigError, ModelConfig
 
@@ -49,7 +49,9 @@ def test_legacy_top_level_rope_theta():
         (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "rope_parameters.rope_type",
          "'yarn'"),
         (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling.rope_type", "'linear'"),
-        (dict(model_type="llama"), "model_type", "'llama'"),
+        (dict(model_type="mistral"), "model_type", "'mistral'"),
+        (dict(model_type="qwen2", rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}),
+         "rope_parameters.rope_type", "'llama3'"),
         (dict(hidden_act="gelu"), "hidden_act", "'gelu'"),
         (dict(attention_dropout=0.1), "attention_dropout", "0.1"),
         (dict(quantization_config={"quant_method": "gptq"}), "quantization_config", "'gptq'"),
@@ -57,6 +59,51 @@ def test_legacy_top_level_rope_theta():
 )
 def test_unsupported_features_name_the_field(change, field, value):
     d = hf_dict()
+    d.update(change)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as err:
+        ModelConfig.from_hf(d)
+    assert value in str(err.value)
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+
+
+def test_llama_fields_and_round_trip_through_transformers(tmp_path):
+    """SmolLM2-like (no biases, tied) and Llama-3.1-like (llama3 RoPE, biases, head_dim) configs."""
+    for kw in [dict(tie_word_embeddings=True, rope_theta=100000.0),
+               dict(rope_parameters=dict(LLAMA3), attention_bias=True, mlp_bias=True, head_dim=16)]:
+        cfg = ModelConfig.from_hf(hf_dict(LlamaConfig, **kw))
+        assert cfg.model_type == "llama" and not cfg.qk_norm
+        assert cfg.attention_bias == cfg.o_proj_bias == cfg.mlp_bias == kw.get("attention_bias", False)
+        (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf()))
+        reloaded = LlamaConfig.from_pretrained(tmp_path)
+        assert reloaded.rope_parameters == (LLAMA3 if "rope_parameters" in kw else
+                                            {"rope_type": "default", "rope_theta": 100000.0})
+        assert (reloaded.attention_bias, reloaded.mlp_bias) == (cfg.attention_bias, cfg.mlp_bias)
+        assert ModelConfig.from_hf(reloaded.to_dict()) == cfg
+        assert ModelConfig.from_hf(tmp_path) == cfg
+    legacy = hf_dict(LlamaConfig)
+    legacy.pop("rope_parameters")
+    legacy.update(rope_theta=500000.0, rope_scaling={k: v for k, v in LLAMA3.items() if k != "rope_theta"})
+    assert ModelConfig.from_hf(legacy).rope_scaling.factor == 8.0
+
+
+@pytest.mark.parametrize(
+    "change, field, value",
+    [
+        (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}), "rope_parameters.rope_type",
+         "'yarn'"),
+        (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
+         "rope_parameters.rope_type", "'linear'"),
+        (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}), "rope_parameters",
+         "'low_freq_factor'"),
+        (dict(pretraining_tp=2), "pretraining_tp", "2"),
+        (dict(hidden_act="gelu"), "hidden_act", "'gelu'"),
+    ],
+)
+def test_unsupported_llama_features_name_the_field(change, field, value):
+    d = hf_dict(LlamaConfig)
     d.update(change)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as err:
         ModelConfig.from_hf(d)

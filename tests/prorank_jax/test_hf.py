@@ -12,7 +12,8 @@ from tests.helpers.hf_models import PARITY_CONFIGS, left_padded_batch, make_hf_m
 
 
 @pytest.mark.parametrize("name, dtype", [("qwen2-gqa2-untied", torch.float32), ("qwen3-gqa2-headdim", torch.bfloat16),
-                                         ("qwen2-mha-tied", torch.float16)])
+                                         ("qwen2-mha-tied", torch.float16), ("llama-bias-headdim-rope3", torch.bfloat16),
+                                         ("llama-gqa2-untied-rope3", torch.float32)])
 def test_round_trip_is_bit_identical_and_loads_in_transformers(tmp_path, name, dtype):
     src, dst = tmp_path / "src", tmp_path / "dst"
     original = make_hf_model(src, dtype=dtype, **PARITY_CONFIGS[name])

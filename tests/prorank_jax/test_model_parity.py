@@ -221,7 +221,7 @@ def test_bfloat16_close_to_float32_reference(tmp_path, name):
     assert ours.dtype == np.float64 and np.isfinite(ours).all()
 
 
-@pytest.mark.parametrize("name", ["qwen2-gqa7-odd", "qwen3-gqa2-headdim"])
+@pytest.mark.parametrize("name", ["qwen2-gqa7-odd", "qwen3-gqa2-headdim", "llama-bias-headdim-rope3"])
 def test_kv_cache_decoding_equals_full_forward(tmp_path, name):
     make_hf_model(tmp_path, **PARITY_CONFIGS[name])
     config, params = hf.load(tmp_path)

@@ -17,6 +17,7 @@ COMMANDS = {
     "export-hf": ("launch.export_hf", "export a checkpoint for transformers / mxbai-rerank / sentence-transformers"),
     "train-score": ("launch.train_score", "stage 2: fine-grained score learning"),
     "serve": ("launch.serve", "serve a reranker over HTTP (Cohere / Jina / TEI rerank APIs)"),
+    "import-gguf": ("launch.import_gguf", "write a GGUF model (llama.cpp format) as a Hugging Face folder"),
 }
 
 

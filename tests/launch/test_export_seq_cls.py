@@ -16,7 +16,7 @@ from prorank_jax.export import SCORE_WEIGHT, rerank_prompt_text
 from prorank_jax.hf import read_safetensors
 from prorank_jax.pretrained import bundled_warm_start_dir
 from scoring.reranker import Reranker
-from tests.helpers.hf_models import make_hf_model
+from tests.helpers.hf_models import LLAMA3_ROPE, make_hf_model
 from tests.helpers.tokenizer import build_test_tokenizer
 
 QUERY = "what is the capital of France?"
@@ -57,12 +57,26 @@ def untied_qwen3(tmp_path_factory):
     return root / "model", tok
 
 
-@pytest.mark.parametrize("source", ["bundled-tied-qwen2", "untied-qwen3"])
-def test_seq_cls_export_scores_equal_the_reranker(source, untied_qwen3, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def untied_llama(tmp_path_factory):
+    """Llama with every optional piece: biases on attention and MLP, llama3 RoPE scaling."""
+    root = tmp_path_factory.mktemp("llama-untied")
+    tok = build_test_tokenizer(root / "tok")
+    make_hf_model(root / "model", "llama", seed=4, vocab_size=448, hidden_size=32, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                  attention_bias=True, mlp_bias=True, rope_scaling=dict(LLAMA3_ROPE, rope_theta=10000.0),
+                  initializer_range=0.2)  # HF's 0.02 leaves this model's scores within 4e-4 of each other
+    return root / "model", tok
+
+
+@pytest.mark.parametrize("source", ["bundled-tied-qwen2", "untied-qwen3", "untied-llama"])
+def test_seq_cls_export_scores_equal_the_reranker(source, untied_qwen3, untied_llama, tmp_path, monkeypatch):
     if source == "bundled-tied-qwen2":
         model_dir, tok_dir, arch = bundled_warm_start_dir(), bundled_tokenizer_dir(), "Qwen2ForSequenceClassification"
-    else:
+    elif source == "untied-qwen3":
         (model_dir, tok_dir), arch = untied_qwen3, "Qwen3ForSequenceClassification"
+    else:
+        (model_dir, tok_dir), arch = untied_llama, "LlamaForSequenceClassification"
     out = tmp_path / "seq-cls"
     assert cli.main(["export-hf", "--checkpoint", str(model_dir), "--tokenizer", str(tok_dir), "--out", str(out),
                      "--format", "seq-cls"]) == 0

@@ -1,0 +1,69 @@
+"""The summary of bench/real_model_run.sh OUT_DIR as Markdown, from the files the run wrote.
+
+    python -m bench.real_model_summary OUT_DIR
+
+Reads OUT_DIR/eval/suite.md (evaluate's table), the stage-1 run's metrics.jsonl (the greedy
+evaluation on held-out pairs before the first step and after the last, and the sampled
+reward / format rate of the first and last logged steps), the stage-2 run's metrics.jsonl
+(the loss of the first and last logged steps) and OUT_DIR/times.tsv (the minutes of each step).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stage1_section(rows: list[dict]) -> list[str]:
+    evals = [r for r in rows if "eval/format_rate" in r]
+    train = [r for r in rows if "reward" in r]
+    lines = [f"Stage 1 (GRPO), greedy answers on {int(evals[0]['eval/pairs'])} held-out pairs "
+             f"(test queries, never trained on):", "",
+             "| model | answer in format | accuracy | score accuracy | score AUC |", "|---|---|---|---|---|"]
+    for row, name in ((evals[0], "zero-shot (before stage 1)"), (evals[-1], f"after stage 1 (step {evals[-1]['step']})")):
+        lines.append(f"| {name} | {row['eval/format_rate']:.3f} | {row['eval/accuracy']:.3f} | "
+                     f"{row['eval/score_accuracy']:.3f} | {row['eval/score_auc']:.3f} |")
+    lines += ["", f"(majority-class rate {evals[0]['eval/majority_rate']:.3f})"]
+    if train:
+        first, last = train[0], train[-1]
+        lines += ["", "Sampled during training (step: reward, format rate, accuracy, KL): " + "; ".join(
+            f"{r['step']}: {r['reward']:.3f}, {r['format_rate']:.3f}, {r['accuracy']:.3f}, {r['kl']:.4f}"
+            for r in (first, last))]
+    return lines
+
+
+def stage2_section(rows: list[dict]) -> list[str]:
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return []
+    first, last = train[0], train[-1]
+    return ["", f"Stage 2 training loss (listwise): step {first['step']} {first['loss']:.4f} -> "
+                f"step {last['step']} {last['loss']:.4f}"]
+
+
+def times_section(path: Path) -> list[str]:
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    total_wall = sum(int(r[1]) for r in rows)
+    total_cpu = sum(int(r[2]) for r in rows)
+    lines = ["", "| step | wall min | CPU min |", "|---|---|---|"]
+    lines += [f"| {name} | {int(wall) / 60:.1f} | {int(cpu) / 60:.1f} |" for name, wall, cpu in rows]
+    lines.append(f"| total | {total_wall / 60:.1f} | {total_cpu / 60:.1f} |")
+    return lines
+
+
+def summary(out: Path) -> str:
+    lines = ["# SmolLM2-135M-Instruct on Cranfield: BM25 top 10 reranked (held-out test queries)", ""]
+    lines += (out / "eval" / "suite.md").read_text().strip().splitlines()
+    lines += [""] + stage1_section(read_metrics(out / "stage1" / "metrics.jsonl"))
+    lines += stage2_section(read_metrics(out / "stage2" / "metrics.jsonl"))
+    lines += times_section(out / "times.tsv")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(Path(sys.argv[1])))

@@ -143,3 +143,19 @@ def test_programs_for_a_tpu_trace_attention_as_a_tpu_run_does(monkeypatch):
     report = aot.compile_program(aot.ProgramSpec("attention", jax.jit(attend), (q, kv, kv)), topology.chip,
                                  len(devices))
     assert report.fits and rowwise_calls == [1]  # neither the FLOP count nor the lowering took rowwise
+
+
+def test_a_llama_compiles_for_a_tpu(tmp_path, capsys):
+    """The bundled tiny shape as a Llama with every optional piece (q/k/v/o and MLP biases,
+    llama3 RoPE scaling): its score train step compiles for v5e and fits."""
+    tiny = json.loads((cfglib.CONFIG_DIR.parent.parent / "prorank_jax/data/bundled/tiny_model.json").read_text())
+    llama = dict(tiny, model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=True, mlp_bias=True,
+                 rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    (tmp_path / "config.json").write_text(json.dumps(llama))
+    code = cli.main(["train-score", "--config", "score_tiny", "--compile-for", "v5e:2x4", "model.path=null",
+                     f"model.config={tmp_path}", "eval_data=null", f"out_dir={tmp_path / 'run'}"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "compile_report.json").read_text())
+    assert report["fits"] is True and [p["name"] for p in report["programs"]] == ["score train step"]
+    assert report["programs"][0]["flops"] > 0

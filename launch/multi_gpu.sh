@@ -26,7 +26,7 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 coordinator="${PRORANK_COORDINATOR:-}"
-num_processes="${PRORANK_NUM_PROCESSES:-1}"
+num_processes="${PRORANK_NUM_PROCESSES:-}"
 process_id="${PRORANK_PROCESS_ID:-}"
 python="${PRORANK_PYTHON:-python3}"
 print_only=0
@@ -52,6 +52,14 @@ if [[ $# -eq 0 ]]; then
   echo "multi_gpu.sh: no prorank command given (e.g. train-grpo --config grpo_qwen25_05b)" >&2
   exit 2
 fi
+# A coordinator or process id without a process count would silently run independent
+# 1-process jobs into the same out_dir, one per host.
+if [[ -z "$num_processes" && ( -n "$coordinator" || -n "$process_id" ) ]]; then
+  echo "multi_gpu.sh: --coordinator / --process-id (or PRORANK_COORDINATOR / PRORANK_PROCESS_ID) given without" \
+       "--num-processes N (or PRORANK_NUM_PROCESSES): say how many processes the job has" >&2
+  exit 2
+fi
+num_processes="${num_processes:-1}"
 if ! [[ "$num_processes" =~ ^[1-9][0-9]*$ ]]; then
   echo "multi_gpu.sh: --num-processes / PRORANK_NUM_PROCESSES must be a positive integer, got '$num_processes'" >&2
   exit 2

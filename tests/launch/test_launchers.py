@@ -86,10 +86,18 @@ def test_multi_gpu_multi_host_sets_the_three_variables(tmp_path):
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2", "rank"], "must be 0 .. 1"),
     (["--num-processes", "zero", "rank"], "positive integer"),
     (["--coordinator", "h:1"], "no prorank command"),
+    # without a process count each host would run its own 1-process job into the same out_dir
+    (["--coordinator", "h:1", "--process-id", "1", "rank"], "without --num-processes"),
+    (["--process-id", "0", "rank"], "without --num-processes"),
 ])
 def test_multi_gpu_rejects_inconsistent_settings(args, message):
     proc = run([REPO / "launch/multi_gpu.sh", *args])
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_multi_gpu_refuses_a_coordinator_from_the_environment_without_a_count():
+    proc = run([REPO / "launch/multi_gpu.sh", "rank"], env={"PRORANK_COORDINATOR": "h:1", "PRORANK_PROCESS_ID": "1"})
+    assert proc.returncode == 2 and "without --num-processes" in proc.stderr
 
 
 def test_tpu_pod_runs_gcloud_on_all_workers(tmp_path):

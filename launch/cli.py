@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from prorank_jax.status import install_cli_handler
 
     install_cli_handler()
+    # Before the command's module can start JAX: no libtpu probing on a machine without a TPU.
+    from launch.backends import skip_tpu_probe
+
+    skip_tpu_probe()
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

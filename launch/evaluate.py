@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.command_help import help_kwargs
 from launch.rank import add_reranker_args
 from prorank_jax.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank evaluate", description=__doc__.splitlines()[0],
+                                     **help_kwargs("evaluate"))
     add_reranker_args(parser, several_models=True)
     parser.add_argument("--data", required=True, nargs="+",
                         help="BEIR folder(s) (corpus.jsonl, queries.jsonl, qrels/); several give one table")

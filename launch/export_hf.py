@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.command_help import help_kwargs
+
 
 def parse_args(argv):
     from prorank_jax.export import DEFAULT_LICENSE, EXPORT_DTYPES
     from prorank_jax.prompts import PROMPT_FAMILIES
 
-    parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     **help_kwargs("export-hf"))
     parser.add_argument("--checkpoint", required=True, help="prorank run folder (or an HF folder)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")

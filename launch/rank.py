@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from launch.command_help import help_kwargs
 from prorank_jax.data import DataError, read_jsonl
 from prorank_jax.prompts import PROMPT_FAMILIES
 
@@ -91,7 +92,8 @@ def add_reranker_args(parser: argparse.ArgumentParser, *, several_models: bool =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0],
+                                     **help_kwargs("rank"))
     add_reranker_args(parser)
     parser.add_argument("--query", required=True)
     parser.add_argument("--documents", required=True, help="JSONL (text/document field) or plain text, one per line")

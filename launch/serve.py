@@ -19,6 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
+from launch.command_help import help_kwargs
+
 
 def build_parser() -> argparse.ArgumentParser:
     from scoring.server import (
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_MAX_WAIT_MS,
     )
 
-    parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     **help_kwargs("serve"))
     parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's own)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")

@@ -21,6 +21,15 @@ COMMANDS = {
 EPILOG = "Each command's --help ends with examples. New here? `prorank demo` (README: \"Two commands\")."
 
 
+def quiet_transformers_without_torch() -> None:
+    """prorank needs no PyTorch (`make demo` installs none), and uses transformers for its
+    tokenizers only; transformers' notice that PyTorch was not found reads as a broken install."""
+    import logging
+
+    logging.getLogger("transformers").addFilter(
+        lambda record: "PyTorch was not found" not in record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="prorank", description="ProRank rerankers in JAX", epilog=EPILOG)
@@ -40,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from launch.backends import skip_tpu_probe
 
     skip_tpu_probe()
+    quiet_transformers_without_torch()
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

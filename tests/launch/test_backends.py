@@ -1,4 +1,5 @@
 """No libtpu start-up noise from `prorank` on a machine without a TPU (launch/backends.py),
+nor transformers' notice that PyTorch is missing in a runtime-only install (launch/cli.py),
 and --compile-for still reaching the TPU compiler."""
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ pytest.importorskip("libtpu", reason="the noise comes from libtpu: pip install -
 from launch import backends  # noqa: E402
 from prorank_jax.data import bundled_tokenizer_dir  # noqa: E402
 from prorank_jax.pretrained import bundled_warm_start_dir  # noqa: E402
+from tests.test_runtime_without_torch import HIDE_TORCH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+TORCH_NOTICE = "PyTorch was not found"
 # Lines libtpu 0.0.42.1 prints when JAX starts its TPU plugin on a machine without a TPU.
 LIBTPU_NOISE = ("could not determine TPU", "Failed to find host bounds", "Logging before InitGoogle",
                 "libtpu_init_utils", "unexpected worker hostname")
@@ -28,9 +31,12 @@ def noise(text: str) -> list[str]:
 
 
 def user_env() -> dict:
-    """A user's shell: no JAX_PLATFORMS (the tests' own subprocesses often set it)."""
+    """A user's shell: no JAX_PLATFORMS (the tests' own subprocesses often set it). libtpu lets
+    one process at a time start it (/tmp/libtpu_lockfile) and any other fails quietly, so a
+    compile running beside this test would hide the noise: ALLOW_MULTIPLE_LIBTPU_LOAD lets
+    every process here start it, as the only libtpu process on a user's machine does."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    return dict(env, PYTHONPATH=str(ROOT))
+    return dict(env, PYTHONPATH=str(ROOT), ALLOW_MULTIPLE_LIBTPU_LOAD="1")
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +55,31 @@ def test_starting_jax_here_prints_libtpu_noise(no_tpu):
     assert noise(proc.stderr), proc.stderr
 
 
+def test_transformers_without_torch_prints_a_notice():
+    """The control of the runtime-only install (`make demo`: no PyTorch): transformers says so."""
+    proc = subprocess.run([sys.executable, "-c", HIDE_TORCH + "import transformers"], env=user_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert TORCH_NOTICE in proc.stderr
+
+
 def test_rank_prints_no_libtpu_noise(no_tpu, tmp_path):
+    """`prorank rank` as in a runtime-only install: libtpu present, PyTorch absent."""
     model = tmp_path / "model"
     shutil.copytree(bundled_warm_start_dir(), model)
     for file in bundled_tokenizer_dir().iterdir():
         shutil.copy(file, model)
     docs = tmp_path / "docs.txt"
     docs.write_text("Photosynthesis makes sugar from light.\nThe cat sat on the mat.\n")
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "rank", "--model", str(model),
-                           "--query", "how do plants make food?", "--documents", str(docs)],
-                          cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=300)
+    argv = ["prorank", "rank", "--model", str(model), "--query", "how do plants make food?", "--documents", str(docs)]
+    script = HIDE_TORCH + f"import sys\nsys.argv = {argv!r}\nfrom launch.cli import main\nsys.exit(main())\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=user_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split() == ["rank", "score", "line", "document"]
     assert len(proc.stdout.splitlines()) == 3
     assert not noise(proc.stdout + proc.stderr), proc.stderr
+    assert TORCH_NOTICE not in proc.stderr
 
 
 def test_compile_for_still_gets_the_tpu_compiler_after_the_cli_skipped_the_tpu_backend(no_tpu):

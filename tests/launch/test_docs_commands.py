@@ -37,6 +37,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 MARKED_BLOCK = re.compile(r"<!-- docs-test: (run|dry-run) -->\n```bash\n(.*?)```", re.S)
 INLINE = re.compile(r"(?<!`)`(prorank [^`]+)`")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 PLACEHOLDER = re.compile(r"[A-Z_]+|<[a-z]+>")
 LAUNCHER_OPTIONS = {"--coordinator", "--num-processes", "--process-id"}  # launch/multi_gpu.sh's own
@@ -125,6 +126,16 @@ def test_every_command_has_examples_at_the_end_of_its_help():
         text = help_text(command)
         examples = text[text.rindex("examples:"):].splitlines()[1:]
         assert EXAMPLES[command] and [line.strip() for line in examples[::2]] == [e for e, _ in EXAMPLES[command]]
+
+
+def test_every_relative_link_of_the_docs_exists():
+    """The moves into docs/ keep their links: every relative [text](path) names a file or folder."""
+    missing = []
+    for path in DOCS:
+        for target in LINK.findall(path.read_text()):
+            if not target.startswith(("http://", "https://", "mailto:")) and not (path.parent / target).exists():
+                missing.append(f"{path.relative_to(ROOT)}: {target}")
+    assert not missing, "\n".join(missing)
 
 
 def marked_blocks() -> list[tuple[str, str, list[str]]]:

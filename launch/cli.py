@@ -15,7 +15,7 @@ COMMANDS = {
     "prepare-data": ("launch.prepare_data", "write stage-1 pairs and stage-2 groups from a BEIR split or HF dataset"),
     "train-grpo": ("launch.train_grpo", "stage 1: GRPO prompt warmup (or --dry-run / --compile-for TPU)"),
     "train-score": ("launch.train_score", "stage 2: fine-grained score learning (or --dry-run / --compile-for TPU)"),
-    "export-hf": ("launch.export_hf", "export a checkpoint for transformers / mxbai-rerank / sentence-transformers / vLLM"),
+    "export-hf": ("launch.export_hf", "export for transformers, mxbai-rerank, sentence-transformers, vLLM"),
     "serve": ("launch.serve", "serve a reranker over HTTP (Cohere / Jina / TEI rerank APIs)"),
 }
 EPILOG = "Each command's --help ends with examples. New here? `prorank demo` (README: \"Two commands\")."

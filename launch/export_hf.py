@@ -35,7 +35,7 @@ def parse_args(argv):
                         help="hub id for the card's base_model (default: from the run config when it names one)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
-                        help="force the prompt family (default: the checkpoint's, see README 'Prompt families')")
+                        help="force the prompt family (default: the checkpoint's; see docs/reranking.md)")
     parser.add_argument("--format", choices=("causal-lm", "seq-cls"), default="causal-lm",
                         help="causal-lm (default): transformers / mxbai-rerank / sentence-transformers folder; "
                              "seq-cls: one-label sequence classifier for vLLM / Infinity")

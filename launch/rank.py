@@ -89,7 +89,7 @@ def add_reranker_args(parser: argparse.ArgumentParser, *, several_models: bool =
     parser.add_argument("--max-length", type=int, default=8192,
                         help="query + document token budget (qwen3-reranker: the whole prompt) (default 8192)")
     parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
-                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
+                        help="force the prompt family (default: the model folder's; see docs/reranking.md)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
 
 

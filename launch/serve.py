@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute dtype (default float32 on CPU, bfloat16 on GPU/TPU)")
     parser.add_argument("--prompt-family", default=None, choices=("mxbai-v2", "qwen3-reranker"),
-                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
+                        help="force the prompt family (default: the model folder's; see docs/reranking.md)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 

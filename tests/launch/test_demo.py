@@ -80,7 +80,8 @@ def test_the_demo_says_what_each_stage_does_not_its_whole_config(demo):
     lines = (out / "stdout.txt").read_text().splitlines()
     assert lines[0] == ("== stage 1: GRPO prompt warmup of the bundled tiny model from its warm start, 100 steps "
                         f"(grpo_tiny_warm.yaml) -> {out / 'grpo'}")
-    assert f"== stage 2: score learning from the stage-1 model, 60 steps (score_tiny_warm.yaml) -> {out / 'score'}" in lines
+    assert (f"== stage 2: score learning from the stage-1 model, 60 steps (score_tiny_warm.yaml) -> "
+            f"{out / 'score'}") in lines
     assert not any(line.startswith("resolved config") for line in lines)
     assert lines[-2] == f"curves: {out / 'curves.png'}"
 
@@ -155,7 +156,7 @@ def ndcg10_of(run_dir, section: str) -> float:
 
 def test_stage2_learns_its_training_queries_and_keeps_the_held_out_ordering(warm_stage1, warm_stage2):
     """Stage 2 fits a graded order to its 31 training queries; on the 11 held-out queries it
-    keeps what the stage-1 model had (it does not add to it at this size: README, "Both
+    keeps what the stage-1 model had (it does not add to it at this size: docs/demo.md, "Both
     stages from the warm start")."""
     out_dir, summary = warm_stage2
     evals = [r for r in read_metrics(out_dir) if "eval/ndcg@10" in r]

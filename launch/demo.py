@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from launch import config as cfglib
+from launch.command_help import help_kwargs
 
 
 def _stage_overrides(out: Path, steps: int | None) -> list[str]:
@@ -65,7 +66,14 @@ def plot_curves(grpo_dir: Path, score_dir: Path, path: Path) -> Path:
     return path
 
 
-def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | None = None, top_k: int = 20) -> dict:
+def stage_line(number: int, what: str, raw: dict) -> str:
+    """The demo's one line per stage: what it trains, from which model, how many steps, where."""
+    return (f"== stage {number}: {what}, {raw['loop']['steps']} steps ({Path(raw['_source']).name}) "
+            f"-> {raw['out_dir']}")
+
+
+def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | None = None, top_k: int = 20,
+             show_config: bool = False) -> dict:
     from launch.train_grpo import run_grpo
     from launch.train_score import run_score
     from prorank_jax.data import bundled_data_dir, bundled_tokenizer_dir, load_beir
@@ -78,11 +86,13 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
 
     start = time.perf_counter()
     grpo_dir, score_dir = out / "grpo", out / "score"
-    print("== stage 1: GRPO prompt warmup (bundled tiny model, from the bundled warm start)", flush=True)
-    stage1 = run_grpo(cfglib.load_config("grpo_tiny_warm", _stage_overrides(grpo_dir, grpo_steps)))
-    print("== stage 2: score learning from the stage-1 run", flush=True)
-    stage2 = run_score(cfglib.load_config(
-        "score_tiny_warm", _stage_overrides(score_dir, score_steps) + [f"model.path={grpo_dir}"]))
+    grpo_raw = cfglib.load_config("grpo_tiny_warm", _stage_overrides(grpo_dir, grpo_steps))
+    print(stage_line(1, "GRPO prompt warmup of the bundled tiny model from its warm start", grpo_raw), flush=True)
+    stage1 = run_grpo(grpo_raw, show_config=show_config)
+    score_raw = cfglib.load_config("score_tiny_warm",
+                                   _stage_overrides(score_dir, score_steps) + [f"model.path={grpo_dir}"])
+    print(stage_line(2, "score learning from the stage-1 model", score_raw), flush=True)
+    stage2 = run_score(score_raw, show_config=show_config)
 
     print(f"== evaluation: bundled test split, BM25 top {top_k} reranked", flush=True)
     data = load_beir(bundled_data_dir(), "test")
@@ -121,11 +131,15 @@ def run_demo(out: Path, *, grpo_steps: int | None = None, score_steps: int | Non
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="prorank demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank demo", description=__doc__.splitlines()[0],
+                                     **help_kwargs("demo"))
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--grpo-steps", type=int, default=None, help="default: grpo_tiny_warm.yaml's loop.steps")
     parser.add_argument("--score-steps", type=int, default=None, help="default: score_tiny_warm.yaml's loop.steps")
     parser.add_argument("--top-k", type=int, default=20, help="BM25 candidates reranked per query")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print each stage's resolved config (always saved as OUT/grpo|score/run_config.json)")
     args = parser.parse_args(argv)
-    run_demo(Path(args.out), grpo_steps=args.grpo_steps, score_steps=args.score_steps, top_k=args.top_k)
+    run_demo(Path(args.out), grpo_steps=args.grpo_steps, score_steps=args.score_steps, top_k=args.top_k,
+             show_config=args.show_config)
     return 0

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.rank import add_reranker_args
+from launch.command_help import help_kwargs
+from launch.rank import add_reranker_args, load_reranker
 from prorank_jax.data import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank evaluate", description=__doc__.splitlines()[0],
+                                     **help_kwargs("evaluate"))
     add_reranker_args(parser, several_models=True)
     parser.add_argument("--data", required=True, nargs="+",
                         help="BEIR folder(s) (corpus.jsonl, queries.jsonl, qrels/); several give one table")
@@ -42,7 +44,7 @@ def evaluate_suite_main(args, bm25) -> int:
     """Several datasets and/or two models: one table (scoring.evaluate_suite)."""
     from prorank_jax.data import load_beir
     from scoring.evaluate_suite import evaluate_suite
-    from scoring.reranker import DEFAULT_BATCH_SIZE, Reranker
+    from scoring.reranker import DEFAULT_BATCH_SIZE
 
     if args.run is not None:
         raise ValueError("--run names one dataset's first stage; with several --data or --model, BM25 runs")
@@ -51,7 +53,7 @@ def evaluate_suite_main(args, bm25) -> int:
     for folder in args.data:
         load_beir(folder, args.split)  # data errors before any model loads
     rerankers = {
-        model: Reranker.from_pretrained(model, max_length=args.max_length, step=args.step, show_progress=True,
+        model: load_reranker(model, max_length=args.max_length, step=args.step, show_progress=True,
                                         batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
         for model in args.model
     }
@@ -93,10 +95,10 @@ def main(argv: list[str]) -> int:
         args.data, args.model = args.data[0], args.model[0]
         from prorank_jax.data import load_beir
         from scoring.evaluate import evaluate
-        from scoring.reranker import DEFAULT_BATCH_SIZE, Reranker
+        from scoring.reranker import DEFAULT_BATCH_SIZE
 
         data = load_beir(args.data, args.split)  # before the model: data errors show at once
-        reranker = Reranker.from_pretrained(
+        reranker = load_reranker(
             args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,
             prompt_family=args.prompt_family,
         )

@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.command_help import help_kwargs
+
 
 def parse_args(argv):
     from prorank_jax.export import DEFAULT_LICENSE, EXPORT_DTYPES
     from prorank_jax.prompts import PROMPT_FAMILIES
 
-    parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="prorank export-hf", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     **help_kwargs("export-hf"))
     parser.add_argument("--checkpoint", required=True, help="prorank run folder (or an HF folder)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
     parser.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
@@ -32,7 +35,7 @@ def parse_args(argv):
                         help="hub id for the card's base_model (default: from the run config when it names one)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
-                        help="force the prompt family (default: the checkpoint's, see README 'Prompt families')")
+                        help="force the prompt family (default: the checkpoint's; see docs/reranking.md)")
     parser.add_argument("--format", choices=("causal-lm", "seq-cls"), default="causal-lm",
                         help="causal-lm (default): transformers / mxbai-rerank / sentence-transformers folder; "
                              "seq-cls: one-label sequence classifier for vLLM / Infinity")

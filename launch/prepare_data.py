@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.command_help import help_kwargs
 from prorank_jax.data import DataError
 
 NEGATIVE_SOURCES = ("bm25", "run", "random")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank prepare-data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank prepare-data", description=__doc__.splitlines()[0],
+                                     **help_kwargs("prepare-data"))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--beir", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)")
     source.add_argument("--hf", help="HF dataset: saved folder, json/jsonl/parquet/csv files, or a hub id")

@@ -15,12 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from launch.command_help import help_kwargs
 from prorank_jax.data import DataError, read_jsonl
 from prorank_jax.prompts import PROMPT_FAMILIES
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TEXT_FIELDS = ("text", "document")
 PREVIEW_CHARS = 80
+BUNDLED_MODEL = "bundled_warm_start"
 
 
 def read_documents(path: str | Path) -> tuple[list[str], list[int], int]:
@@ -80,18 +82,33 @@ def format_ranking(results, lines: list[int]) -> str:
 def add_reranker_args(parser: argparse.ArgumentParser, *, several_models: bool = False) -> None:
     """The options `rank` and `evaluate` share: which model, and how it reads the prompt."""
     parser.add_argument("--model", required=True, action="append" if several_models else "store",
-                        help="HF model folder or prorank run folder" + (" (twice: compare two)" if several_models else ""))
+                        help=f"HF model folder, prorank run folder or {BUNDLED_MODEL} (the bundled tiny model)"
+                             + (" (twice: compare two)" if several_models else ""))
     parser.add_argument("--instruction", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=8192,
                         help="query + document token budget (qwen3-reranker: the whole prompt) (default 8192)")
     parser.add_argument("--prompt-family", default=None, choices=sorted(PROMPT_FAMILIES),
-                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
+                        help="force the prompt family (default: the model folder's; see docs/reranking.md)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
 
 
+def load_reranker(model: str, **kwargs):
+    """Reranker.from_pretrained of a model folder, or of the bundled tiny model with its tokenizer
+    for `bundled_warm_start` (as `prorank serve` takes it)."""
+    from scoring.reranker import Reranker
+
+    if model == BUNDLED_MODEL:
+        from prorank_jax.data import bundled_tokenizer_dir
+        from prorank_jax.pretrained import bundled_warm_start_dir
+
+        return Reranker.from_pretrained(bundled_warm_start_dir(), tokenizer=bundled_tokenizer_dir(), **kwargs)
+    return Reranker.from_pretrained(model, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="prorank rank", description=__doc__.splitlines()[0],
+                                     **help_kwargs("rank"))
     add_reranker_args(parser)
     parser.add_argument("--query", required=True)
     parser.add_argument("--documents", required=True, help="JSONL (text/document field) or plain text, one per line")
@@ -111,9 +128,9 @@ def main(argv: list[str]) -> int:
             print(f"prorank rank: skipped {blank} blank lines of {args.documents}", file=sys.stderr)
         if not documents:
             raise DataError(args.documents, "no documents to rank")
-        from scoring.reranker import DEFAULT_BATCH_SIZE, Reranker  # JAX starts only once the inputs are fine
+        from scoring.reranker import DEFAULT_BATCH_SIZE  # JAX starts only once the inputs are fine
 
-        reranker = Reranker.from_pretrained(
+        reranker = load_reranker(
             args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,
             prompt_family=args.prompt_family,
         )

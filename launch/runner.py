@@ -44,12 +44,14 @@ def build_sections(raw: dict, **stage: type) -> tuple[dict, dict]:
     return sections, dict(cfglib.resolved(raw, **sections), prompt_family=family)
 
 
-def stage_sections(raw: dict, dry_run: bool, **stage: type) -> tuple[dict, dict] | None:
-    """build_sections, the resolved config printed, and --dry-run handled (returns None then)."""
+def stage_sections(raw: dict, dry_run: bool, show_config: bool = False, **stage: type) -> tuple[dict, dict] | None:
+    """build_sections, the resolved config printed (with --show-config or --dry-run), and
+    --dry-run handled (returns None then)."""
     from launch import config as cfglib
 
     sections, resolved = build_sections(raw, **stage)
-    cfglib.print_resolved(resolved)
+    if show_config or dry_run:
+        cfglib.print_resolved(resolved)
     if dry_run:
         from launch.dry_run import print_dry_run
 

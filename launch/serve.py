@@ -19,6 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
+from launch.command_help import help_kwargs
+
 
 def build_parser() -> argparse.ArgumentParser:
     from scoring.server import (
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_MAX_WAIT_MS,
     )
 
-    parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     **help_kwargs("serve"))
     parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's own)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
@@ -54,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="compute dtype (default float32 on CPU, bfloat16 on GPU/TPU)")
     parser.add_argument("--prompt-family", default=None, choices=("mxbai-v2", "qwen3-reranker"),
-                        help="force the prompt family (default: the model folder's, see README 'Prompt families')")
+                        help="force the prompt family (default: the model folder's; see docs/reranking.md)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from launch import config as cfglib
+from launch.command_help import help_kwargs
 from launch.runner import Run, maybe_initialize_distributed
 
 
@@ -67,13 +68,16 @@ class StageSpec:
 
 
 def parse_args(argv, prog: str, doc: str):
-    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0], **help_kwargs(prog.split()[-1]))
     parser.add_argument("--config", required=True, help="YAML file or bundled config name (e.g. grpo_tiny)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the mesh, parameter shardings and memory per device, then exit")
     parser.add_argument("--compile-for", metavar="TOPOLOGY", default=None,
                         help="compile the run's programs for a TPU topology (v5e-8, v4-8, v5e:2x4, ...) on this "
                              "machine, report memory / FLOPs per chip, then exit (needs requirements-tpu-aot.txt)")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print the resolved config (every field, defaults included) before training; "
+                             "it is always saved as OUT/run_config.json")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loop.steps=50")
     return parser.parse_args(argv)
 
@@ -90,19 +94,31 @@ def main(argv: list[str], stage: StageSpec, prog: str, doc: str) -> int:
     # First thing, before the config is read, so every process fails or starts together.
     maybe_initialize_distributed()
     raw = cfglib.load_config(args.config, args.overrides)
-    run_stage(raw, stage, dry_run=args.dry_run)
+    if not (args.show_config or args.dry_run):
+        print(config_line(args.config, args.overrides, stage_out_dir(raw, stage)), flush=True)
+    run_stage(raw, stage, dry_run=args.dry_run, show_config=args.show_config)
     return 0
 
 
-def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False) -> dict:
+def config_line(config: str, overrides, out_dir: Path) -> str:
+    """What a training command says about its config instead of printing all of it."""
+    given = f" with {' '.join(overrides)}" if overrides else ""
+    return f"[prorank] config {config}{given}; resolved in {out_dir / 'run_config.json'} (--show-config prints it)"
+
+
+def stage_out_dir(raw: dict, stage: StageSpec) -> Path:
+    return Path(raw.get("out_dir") or f"runs/{stage.kind}")
+
+
+def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: bool = False) -> dict:
     """Train one stage from a raw config (as load_config returns it); the summary it wrote
-    ({} for --dry-run)."""
+    ({} for --dry-run). show_config: print the resolved config first (--dry-run always does)."""
     from launch.runner import stage_sections, start_run
     from prorank_jax import training
     from prorank_jax.data.pipeline import load_config_examples
     from prorank_jax.pretrained import load_tokenizer
 
-    prepared = stage_sections(raw, dry_run, **stage.sections)
+    prepared = stage_sections(raw, dry_run, show_config, **stage.sections)
     if prepared is None:
         return {}
     sections, resolved = prepared
@@ -111,7 +127,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False) -> dict:
         stage.check(sections)
     except ValueError as err:
         raise cfglib.RunConfigError(f"{source}: {err}") from None
-    out_dir = Path(raw.get("out_dir") or f"runs/{stage.kind}")
+    out_dir = stage_out_dir(raw, stage)
     data = sections["data"]
     device_mesh = sections["mesh"].build()
     check_batch_divides(data.batch_size, device_mesh, source)

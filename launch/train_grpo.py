@@ -14,8 +14,8 @@ def main(argv: list[str]) -> int:
     return stage_runner.main(argv, grpo_stage(), "prorank train-grpo", __doc__)
 
 
-def run_grpo(raw: dict, dry_run: bool = False) -> dict:
-    return stage_runner.run_stage(raw, grpo_stage(), dry_run=dry_run)
+def run_grpo(raw: dict, dry_run: bool = False, show_config: bool = False) -> dict:
+    return stage_runner.run_stage(raw, grpo_stage(), dry_run=dry_run, show_config=show_config)
 
 
 def grpo_stage() -> stage_runner.StageSpec:

@@ -20,8 +20,8 @@ def main(argv: list[str]) -> int:
     return stage_runner.main(argv, score_stage(), "prorank train-score", __doc__)
 
 
-def run_score(raw: dict, dry_run: bool = False) -> dict:
-    return stage_runner.run_stage(raw, score_stage(), dry_run=dry_run)
+def run_score(raw: dict, dry_run: bool = False, show_config: bool = False) -> dict:
+    return stage_runner.run_stage(raw, score_stage(), dry_run=dry_run, show_config=show_config)
 
 
 def score_stage() -> stage_runner.StageSpec:

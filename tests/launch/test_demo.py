@@ -14,6 +14,7 @@ worker: pytest-xdist's --dist loadfile keeps a file's tests on one worker.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,46 @@ def demo(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "demo", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)  # what the user reads (the progress bars go to stderr)
     return out, json.loads((out / "summary.json").read_text())
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """The demo table's rows in the README: system -> its four numbers as printed."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0].startswith("BM25") and len(cells) == 5:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def printed_rows(stdout: str) -> dict[str, list[str]]:
+    """The same rows as `prorank demo` printed them (format_metrics_table: name, then numbers)."""
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.fullmatch(r"(BM25.*?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line.strip())
+        if match:
+            rows[match.group(1)] = list(match.groups()[1:])
+    return rows
+
+
+def test_the_readme_table_is_what_the_demo_prints(demo):
+    out, summary = demo
+    printed = printed_rows((out / "stdout.txt").read_text())
+    assert set(printed) == set(summary["evaluation"])
+    assert markdown_rows((ROOT / "README.md").read_text()) == printed
+
+
+def test_the_demo_says_what_each_stage_does_not_its_whole_config(demo):
+    out, _ = demo
+    lines = (out / "stdout.txt").read_text().splitlines()
+    assert lines[0] == ("== stage 1: GRPO prompt warmup of the bundled tiny model from its warm start, 100 steps "
+                        f"(grpo_tiny_warm.yaml) -> {out / 'grpo'}")
+    assert (f"== stage 2: score learning from the stage-1 model, 60 steps (score_tiny_warm.yaml) -> "
+            f"{out / 'score'}") in lines
+    assert not any(line.startswith("resolved config") for line in lines)
+    assert lines[-2] == f"curves: {out / 'curves.png'}"
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +156,7 @@ def ndcg10_of(run_dir, section: str) -> float:
 
 def test_stage2_learns_its_training_queries_and_keeps_the_held_out_ordering(warm_stage1, warm_stage2):
     """Stage 2 fits a graded order to its 31 training queries; on the 11 held-out queries it
-    keeps what the stage-1 model had (it does not add to it at this size: README, "Both
+    keeps what the stage-1 model had (it does not add to it at this size: docs/demo.md, "Both
     stages from the warm start")."""
     out_dir, summary = warm_stage2
     evals = [r for r in read_metrics(out_dir) if "eval/ndcg@10" in r]

@@ -103,12 +103,13 @@ def assert_resumed(out_dir: Path, output: str, from_step: int, lines_before: int
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("uninterrupted")
-    return out, run_to_end(out)
+    return out, run_to_end(out, ("--show-config",))
 
 
 def test_train_prints_the_resolved_config_with_the_overrides(uninterrupted):
-    """`train-grpo` prints the resolved config (YAML after "resolved config:") before it trains;
-    it holds the command line's overrides over grpo_tiny's values, and a fresh run does not resume."""
+    """`train-grpo --show-config` prints the resolved config (YAML after "resolved config:") before
+    it trains; it holds the command line's overrides over grpo_tiny's values, and a fresh run does
+    not resume."""
     out, output = uninterrupted
     head, _, rest = output.partition("resolved config:\n")
     assert not head.strip(), head  # printed first
@@ -159,5 +160,10 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted, tmp_pat
     # and the saved step is the step the uninterrupted run had at that point
     output = run_to_end(tmp_path)
     assert_resumed(tmp_path, output, last, len(logged))
+    # without --show-config the config is one line that says where the resolved one is
+    assert "resolved config:" not in output
+    assert output.splitlines()[0] == (f"[prorank] config grpo_tiny with out_dir={tmp_path} "
+                                      f"{' '.join(OVERRIDES)}; resolved in {tmp_path / 'run_config.json'} "
+                                      "(--show-config prints it)")
     for a, b in zip(final_params(tmp_path, STEPS), final_params(uninterrupted[0], STEPS)):
         np.testing.assert_array_equal(a, b)

@@ -54,6 +54,11 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("prorank serve --model runs/demo/export --port 8080 --api-key-file key.txt",
          "Cohere / Jina / TEI rerank APIs with a key"),
     ),
+    "import-gguf": (
+        ("prorank import-gguf SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-135m-instruct",
+         "an HF folder (float32) every command loads; needs pip install -r requirements-gguf.txt"),
+        ("prorank import-gguf model.gguf runs/model-bf16 --dtype bfloat16", "bfloat16 weights"),
+    ),
 }
 
 

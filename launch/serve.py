@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "))
-    parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start")
+    parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start (the bundled tiny model)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's own)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
     parser.add_argument("--model-name", default=None, help="model id reported by /info and responses "
@@ -119,12 +119,7 @@ def _load_and_serve(args) -> int:
         from scoring.server import ServerSettings
 
         api_key = read_api_key(args.api_key_file) if args.api_key_file else None
-        model_path, tokenizer = args.model, args.tokenizer
-        if model_path == "bundled_warm_start":
-            from prorank_jax.bundled import bundled_tokenizer_dir
-            from prorank_jax.pretrained import bundled_warm_start_dir
-
-            model_path, tokenizer = bundled_warm_start_dir(), tokenizer or bundled_tokenizer_dir()
+        model_path, tokenizer = args.model, args.tokenizer  # bundled names: Reranker.from_pretrained resolves them
         settings = ServerSettings(
             model_name=args.model_name or Path(args.model).name, max_batch_tokens=args.max_batch_tokens,
             max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_documents=args.max_documents,

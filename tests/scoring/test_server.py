@@ -692,3 +692,20 @@ def test_sigterm_during_warm_up_exits_0_and_a_second_signal_exits_at_once(tmp_pa
     finally:
         warming.stop()
         holding.stop()
+
+
+# ----------------------------------------------------------------------------- library
+def test_from_pretrained_resolves_the_bundled_names_as_serve_does(reference):
+    """`prorank serve --model bundled_warm_start` says "as Reranker.from_pretrained": the same
+    names load the same weights and tokenizer there (compared leaf by leaf, no compile)."""
+    import jax
+
+    for name in ("bundled_warm_start", "bundled"):
+        loaded = Reranker.from_pretrained(name, max_length=MAX_LENGTH, dtype="float32", show_progress=False)
+        same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                      loaded.params, reference.params)
+        assert all(jax.tree_util.tree_leaves(same)), name
+        assert loaded.tokenizer.get_vocab() == reference.tokenizer.get_vocab()
+        assert loaded.prompt.encode(QUERY, DOCUMENTS[0]) == reference.prompt.encode(QUERY, DOCUMENTS[0])
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        Reranker.from_pretrained("bundled_nothing")

@@ -205,3 +205,16 @@ def test_json_depth_ignores_brackets_in_strings():
     assert json_depth(json.dumps({"q": "x", "documents": ["a"]}).encode()) == 2
     nested = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
     assert json_depth(nested) == MAX_JSON_DEPTH
+
+
+# ----------------------------------------------------------------------------- docs
+def test_readme_serve_section_lists_every_flag_of_serve_help():
+    from pathlib import Path
+
+    from launch.serve import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Serve\n", 1)[1].split("\n## ", 1)[0]
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings
+             if opt.startswith("--") and opt != "--help"}
+    assert flags and not {f for f in flags if f not in section}, sorted(f for f in flags if f not in section)

@@ -36,6 +36,7 @@ import asyncio
 import hmac
 import logging
 import math
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -97,8 +98,6 @@ def default_max_inflight_bytes() -> int:
     """1/64 of the machine's memory, within 16 MiB..256 MiB: a parsed body costs a few times
     its bytes, so this keeps request bodies to a few percent of memory."""
     try:
-        import os
-
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 4 << 30

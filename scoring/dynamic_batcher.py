@@ -72,21 +72,6 @@ def serving_ladder(
     return ServingLadder(lengths, {length: max(1, min(max_rows, max_batch_tokens // length)) for length in lengths})
 
 
-def plan_token_batches(lengths: Sequence[int], ladder: ServingLadder) -> list[Batch]:
-    """Pairs sorted by length, longest first, cut into ladder shapes: each batch is padded to
-    the bucket of its longest pair and holds as many pairs as that bucket allows."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        length = smallest_bucket_for(int(lengths[order[start]]), ladder.lengths)
-        cap = ladder.max_rows(length)
-        idx = order[start : start + cap]
-        batches.append(Batch(indices=idx, rows=rows_for(len(idx), cap), length=length))
-        start += len(idx)
-    return batches
-
-
 def plan_fair_batch(remaining: Sequence[Sequence[int]], ladder: ServingLadder) -> tuple[list[int], int, int]:
     """One batch from several requests' pending pairs (each request's lengths in the order it
     will run them): (pairs taken from each request, rows, length).

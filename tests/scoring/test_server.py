@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from prorank_jax.data import bundled_tokenizer_dir  # noqa: E402
 from prorank_jax.pretrained import bundled_warm_start_dir  # noqa: E402
-from scoring.dynamic_batcher import plan_token_batches, serving_ladder  # noqa: E402
+from scoring.dynamic_batcher import plan_fair_batch, serving_ladder  # noqa: E402
 from scoring.reranker import Reranker, top_k_order  # noqa: E402
 from scoring.server import encode_pairs  # noqa: E402
 
@@ -159,13 +159,14 @@ def test_ladder_plans_cover_every_pair_once_within_budget():
     assert ladder.lengths == (96, 128, 192, 256, 304)
     assert all(rows * length <= 1024 for rows, length in shapes)
     rng = np.random.RandomState(0)
-    lengths = rng.randint(79, 301, size=137)
-    batches = plan_token_batches(lengths, ladder)
-    seen = np.concatenate([b.indices for b in batches])
-    assert sorted(seen.tolist()) == list(range(137))
-    for b in batches:
-        assert (b.rows, b.length) in shapes and len(b.indices) <= b.rows
-        assert lengths[b.indices].max() <= b.length
+    jobs = [sorted(rng.randint(79, 301, size=n).tolist(), reverse=True) for n in (137, 3, 40)]
+    planned = [0, 0, 0]
+    while any(p < len(j) for p, j in zip(planned, jobs)):  # the batcher's loop: plan from what is left
+        taken, rows, length = plan_fair_batch([j[p:] for p, j in zip(planned, jobs)], ladder)
+        batch = [x for p, j, n in zip(planned, jobs, taken) for x in j[p:p + n]]
+        assert (rows, length) in shapes and 1 <= len(batch) <= rows and max(batch) <= length
+        planned = [p + n for p, n in zip(planned, taken)]
+    assert planned == [len(j) for j in jobs]  # every pair once
     with pytest.raises(ValueError, match="max_batch_tokens=200"):
         serving_ladder(79, 300, max_batch_tokens=200, max_rows=16, steps_per_octave=2)
 

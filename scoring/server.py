@@ -141,6 +141,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ValueError(f"max_inflight_bytes={self.max_inflight_bytes} is below max_request_bytes="
+                             f"{self.max_request_bytes}: a body of the allowed size could never be admitted")
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

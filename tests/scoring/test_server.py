@@ -113,6 +113,7 @@ def servers(tmp_path_factory):
     # flight when the SIGTERM test signals.
     draining = ServerProcess(tmp, ["--max-length", str(MAX_LENGTH), "--steps-per-octave", "1",
                                    "--max-batch-rows", "1", "--max-wait-ms", "3000", "--max-queued-tokens", "400",
+                                   "--max-request-bytes", "2000", "--max-inflight-bytes", "2100",
                                    "--shutdown-timeout", "10"], "draining", log_level="info")
     try:
         main.wait_ready()
@@ -475,15 +476,19 @@ def test_four_huge_requests_stay_within_a_memory_bound_and_health_answers(server
     assert "sequence length is longer than the specified maximum" not in server.output()
 
 
-def test_queued_tokens_over_the_limit_get_429_with_retry_after(servers):
-    """The draining server (--max-queued-tokens 400) holds a first request for its 3 s
-    --max-wait-ms; a second one that would take the queue past 400 tokens is refused."""
+def test_admission_limits_get_429_with_retry_after(servers):
+    """The draining server (--max-queued-tokens 400, --max-inflight-bytes 2100) holds a first
+    request for its 3 s --max-wait-ms; a second one that would take the queue past 400
+    tokens, and a third whose body would take the bytes in flight past 2100, are refused."""
     draining = servers[1]
     first = {}
+    first_body = json.dumps({"query": QUERY, "documents": DOCUMENTS[:2]}).encode()
+    wide_body = json.dumps({"query": QUERY, "documents": ["x" * 1940]}).encode()
+    assert len(wide_body) <= 2000 < 2100 < len(first_body) + len(wide_body)
+    json_headers = {**auth(), "content-type": "application/json"}
 
     def request():
-        first["r"] = httpx.post(draining.url + "/v2/rerank", json={"query": QUERY, "documents": DOCUMENTS[:2]},
-                                headers=auth(), timeout=60)
+        first["r"] = httpx.post(draining.url + "/v2/rerank", content=first_body, headers=json_headers, timeout=60)
 
     thread = threading.Thread(target=request)
     thread.start()
@@ -493,12 +498,18 @@ def test_queued_tokens_over_the_limit_get_429_with_retry_after(servers):
         time.sleep(0.05)
     r = httpx.post(draining.url + "/v2/rerank", json={"query": QUERY, "documents": DOCUMENTS[:4]},
                    headers=auth(), timeout=60)
-    assert r.status_code == 429, r.text
+    assert r.status_code == 429, r.text  # its ~400 bytes fit beside the first request's
     assert int(r.headers["Retry-After"]) >= 1
     assert r.json()["error_type"] == "overloaded" and "--max-queued-tokens" in r.json()["message"]
+    r = httpx.post(draining.url + "/v2/rerank", content=wide_body, headers=json_headers, timeout=60)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+    assert r.json()["error_type"] == "overloaded" and "--max-inflight-bytes" in r.json()["message"]
     thread.join(60)
     assert first["r"].status_code == 200
-    assert metric_samples(draining.url)[("prorank_errors_total", (("kind", "overloaded"),))] == 1
+    assert metric_samples(draining.url)[("prorank_errors_total", (("kind", "overloaded"),))] == 2
+    # with nothing else in flight the same body is admitted
+    assert httpx.post(draining.url + "/v2/rerank", content=wide_body, headers=json_headers,
+                      timeout=60).status_code == 200
 
 
 # ----------------------------------------------------------------------------- docs

@@ -1,14 +1,15 @@
-"""`prorank serve`: a rerank HTTP server speaking the Cohere / Jina (/v1/rerank, /v2/rerank)
-and Hugging Face TEI (/rerank) APIs, with /health, /info, /metrics and OpenAPI at /docs.
+"""`prorank serve`: a rerank HTTP server speaking the Cohere / Jina / vLLM, Infinity and
+Hugging Face TEI APIs, with /health, /info, /metrics and OpenAPI at /docs.
 
-    prorank serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-length L]
-                  [--max-batch-tokens N] [--max-wait-ms T] [--max-documents N] [--api-key-file F]
+    prorank serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-length L] [...]
 
 --model is an HF reranker folder or a prorank run folder (as Reranker.from_pretrained), or
-`bundled_warm_start` for the bundled tiny model. Concurrent requests are merged into batches
-of at most --max-batch-tokens padded tokens, waiting at most --max-wait-ms for company. All
-batch shapes are compiled before /health answers 200. SIGTERM (or Ctrl-C) stops accepting
-connections, answers the requests in flight and exits 0.
+`bundled_warm_start` for the bundled tiny model. Concurrent requests are interleaved in
+batches of at most --max-batch-tokens padded tokens, waiting at most --max-wait-ms for
+company. All batch shapes are compiled before /health answers 200 (progress on stderr).
+SIGTERM (or Ctrl-C) stops accepting connections, answers the requests fully received and
+exits 0 within --shutdown-timeout; a second signal exits at once. `prorank serve --help`
+lists every limit and timeout.
 """
 
 from __future__ import annotations
@@ -22,17 +23,29 @@ from pathlib import Path
 from launch.command_help import help_kwargs
 
 
+class StopBeforeServing(BaseException):
+    """SIGTERM / SIGINT while the model was still loading."""
+
+
+def _stop_before_serving(signum, frame):
+    raise StopBeforeServing(signal.Signals(signum).name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scoring.server import (
+        DEFAULT_BODY_TIMEOUT_S,
+        DEFAULT_HEADER_TIMEOUT_S,
+        DEFAULT_KEEP_ALIVE_TIMEOUT_S,
         DEFAULT_MAX_BATCH_TOKENS,
         DEFAULT_MAX_DOCUMENTS,
         DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_MAX_WAIT_MS,
+        DEFAULT_SHUTDOWN_TIMEOUT_S,
     )
 
     parser = argparse.ArgumentParser(prog="prorank serve", description=__doc__.split("\n\n")[0].replace("\n", " "),
                                      **help_kwargs("serve"))
-    parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start")
+    parser.add_argument("--model", required=True, help="HF model folder, prorank run folder or bundled_warm_start (the bundled tiny model)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's own)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run folder (default: latest)")
     parser.add_argument("--model-name", default=None, help="model id reported by /info and responses "
@@ -49,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"documents per request at most (default {DEFAULT_MAX_DOCUMENTS}); more -> 413")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help=f"request body bytes at most (default {DEFAULT_MAX_REQUEST_BYTES}); more -> 413")
+    parser.add_argument("--max-inflight-bytes", type=int, default=None,
+                        help="bytes of request bodies being read or answered at once (default 1/64 of the "
+                             "machine's memory, 16-256 MiB); more -> 429 with Retry-After")
+    parser.add_argument("--max-queued-tokens", type=int, default=None,
+                        help="prompt tokens waiting to be scored (default 64 x --max-batch-tokens); more -> 429 "
+                             "with Retry-After")
+    parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                        help=f"seconds a connection may take to send a request's headers (default "
+                             f"{DEFAULT_HEADER_TIMEOUT_S:g}); then it is closed")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help=f"seconds a request may take to send its body after the headers (default "
+                             f"{DEFAULT_BODY_TIMEOUT_S:g}); then 408")
+    parser.add_argument("--keep-alive-timeout", type=float, default=DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+                        help=f"seconds an idle keep-alive connection stays open (default {DEFAULT_KEEP_ALIVE_TIMEOUT_S:g})")
+    parser.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+                        help=f"seconds SIGTERM waits for requests fully received to be answered (default "
+                             f"{DEFAULT_SHUTDOWN_TIMEOUT_S:g}); then the process exits 0 anyway")
     parser.add_argument("--api-key-file", default=None,
                         help="file holding the API key clients must send as 'Authorization: Bearer KEY'")
     parser.add_argument("--steps-per-octave", type=int, choices=(1, 2, 4, 8), default=4,
@@ -77,21 +107,29 @@ def read_api_key(path: str) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Loading and building take a while; a stop signal then ends the process cleanly.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_serving)
+    try:
+        return _load_and_serve(args)
+    except StopBeforeServing as stop:
+        print(f"prorank serve: {stop} before the server started; exiting", file=sys.stderr)
+        return 0
+
+
+def _load_and_serve(args) -> int:
     try:
         from scoring.server import ServerSettings
 
         api_key = read_api_key(args.api_key_file) if args.api_key_file else None
-        model_path, tokenizer = args.model, args.tokenizer
-        if model_path == "bundled_warm_start":
-            from prorank_jax.bundled import bundled_tokenizer_dir
-            from prorank_jax.pretrained import bundled_warm_start_dir
-
-            model_path, tokenizer = bundled_warm_start_dir(), tokenizer or bundled_tokenizer_dir()
+        model_path, tokenizer = args.model, args.tokenizer  # bundled names: Reranker.from_pretrained resolves them
         settings = ServerSettings(
             model_name=args.model_name or Path(args.model).name, max_batch_tokens=args.max_batch_tokens,
             max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_documents=args.max_documents,
-            max_request_bytes=args.max_request_bytes, api_key=api_key)
-        import uvicorn
+            max_request_bytes=args.max_request_bytes, max_inflight_bytes=args.max_inflight_bytes,
+            max_queued_tokens=args.max_queued_tokens, header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout, keep_alive_timeout_s=args.keep_alive_timeout,
+            shutdown_timeout_s=args.shutdown_timeout, requested_max_length=args.max_length, api_key=api_key)
 
         from scoring.reranker import Reranker
         from scoring.server import create_app
@@ -105,14 +143,12 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"prorank serve: error: {err}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           lifespan="on"))
-    # uvicorn drains on SIGTERM / SIGINT and then re-raises the signal to the handler that
-    # was installed before it ran; a no-op one here makes that graceful stop exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server.run()
-    return 0 if server.started else 1
+    from scoring.server_runtime import serve
+
+    started = serve(app, host=args.host, port=args.port, log_level=args.log_level,
+                    header_timeout_s=settings.header_timeout_s, keep_alive_timeout_s=settings.keep_alive_timeout_s,
+                    shutdown_timeout_s=settings.shutdown_timeout_s)
+    return 0 if started else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """The serving batcher: pairs of concurrent requests merged into fixed-shape batches.
 
 Requests arrive already tokenized (a list of prompt ids each). One worker thread owns the
-model: it takes the first waiting request, keeps taking more until their tokens reach
-`max_batch_tokens` or `max_wait_s` has passed since the first one arrived, cuts all their
-pairs into batches together (`plan_token_batches`) and hands every request its own scores.
+model and keeps a list of active requests in arrival order. Each batch is planned anew from
+all of them (`plan_fair_batch`): pairs are taken round-robin, one per request in turn, each
+request's longest pairs first, until the batch's shape is full. So a 2-document request
+that arrives behind a 1,000-document one rides in the next batch instead of waiting for the
+whole large request, and with more concurrent requests each batch fills to the token budget.
+While the requests at hand fill less than one budget, the worker waits up to `max_wait_s`
+after the oldest arrived for company. A request is answered once all its pairs are scored.
 
 Shapes. A batch is `rows` x `length` left-padded ids, with `length` a bucket of the
 Reranker's `length_buckets` and `rows` a `row_sizes` count, and rows * length never above
@@ -13,9 +17,9 @@ the longest, and for each length the row counts up to min(max_rows, budget // le
 The worker compiles all of them ahead of time (`warm_up`, lowered and compiled without
 running them), so no request waits on a compile.
 
-A request whose client has gone is dropped before its pairs are planned; once planned,
-its pairs run with the others and its scores are discarded. Either way the other
-requests of that round get exactly their own scores.
+A request whose client has gone is dropped before its next pair is planned: only pairs
+already in a running batch are computed for it. The other requests get exactly their own
+scores either way.
 """
 
 from __future__ import annotations
@@ -68,19 +72,31 @@ def serving_ladder(
     return ServingLadder(lengths, {length: max(1, min(max_rows, max_batch_tokens // length)) for length in lengths})
 
 
-def plan_token_batches(lengths: Sequence[int], ladder: ServingLadder) -> list[Batch]:
-    """Pairs sorted by length, longest first, cut into ladder shapes: each batch is padded to
-    the bucket of its longest pair and holds as many pairs as that bucket allows."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        length = smallest_bucket_for(int(lengths[order[start]]), ladder.lengths)
-        cap = ladder.max_rows(length)
-        idx = order[start : start + cap]
-        batches.append(Batch(indices=idx, rows=rows_for(len(idx), cap), length=length))
-        start += len(idx)
-    return batches
+def plan_fair_batch(remaining: Sequence[Sequence[int]], ladder: ServingLadder) -> tuple[list[int], int, int]:
+    """One batch from several requests' pending pairs (each request's lengths in the order it
+    will run them): (pairs taken from each request, rows, length).
+
+    Round-robin, one pair per request in turn, oldest request first, while the batch's shape
+    (the bucket of its longest pair, and that bucket's row cap) has room. A pair that would
+    lengthen the batch past what its rows allow ends that request's turn for this batch.
+    The oldest request always gets at least one pair, so every batch makes progress."""
+    taken = [0] * len(remaining)
+    count, longest = 0, 0
+    progressing = True
+    while progressing:
+        progressing = False
+        for j, lengths in enumerate(remaining):
+            if taken[j] >= len(lengths):
+                continue
+            new_longest = max(longest, int(lengths[taken[j]]))
+            length = smallest_bucket_for(new_longest, ladder.lengths)
+            if count and count + 1 > ladder.max_rows(length):
+                continue
+            taken[j] += 1
+            count, longest = count + 1, new_longest
+            progressing = True
+    length = smallest_bucket_for(longest, ladder.lengths)
+    return taken, rows_for(count, ladder.max_rows(length)), length
 
 
 @dataclass(eq=False)
@@ -92,14 +108,27 @@ class Job:
     deliver: Callable[[np.ndarray | BaseException], None]
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    # Worker-owned progress: pair indices longest first, how many are planned and scored.
+    order: np.ndarray | None = None
+    planned: int = 0
+    scored: int = 0
+    scores: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
         return sum(len(s) for s in self.sequences)
 
     def cancel(self) -> None:
-        """The client has gone: skip it if it has not been planned yet."""
+        """The client has gone: plan none of its remaining pairs."""
         self.cancelled = True
+
+    def _prepare(self) -> None:
+        lengths = np.fromiter((len(s) for s in self.sequences), np.int64, len(self.sequences))
+        self.order = np.argsort(-lengths, kind="stable")
+        self.scores = np.zeros(len(self.sequences), np.float32)
+
+    def _pending_lengths(self) -> list[int]:
+        return [len(self.sequences[i]) for i in self.order[self.planned:]]
 
 
 class BatchObserver:
@@ -112,14 +141,20 @@ class BatchObserver:
     def dropped(self) -> None: ...
 
 
+class WarmupStopped(Exception):
+    """The server was stopped before every shape was compiled (not a failure)."""
+
+
 _STOP = object()
+PROGRESS_EVERY_S = 5.0
 
 
 class DynamicBatcher:
     """Merges concurrent jobs into ladder batches on one worker thread (see the module docstring).
 
-    run_batch(ids, mask) -> scores [rows] runs one padded batch; compile(rows, length)
-    compiles that shape ahead of time. Both are called on the worker thread only.
+    run_batch(ids, mask) -> scores [rows] runs one padded batch (it may return before the
+    scores are computed, as jax does; np.asarray waits); compile(rows, length) compiles that
+    shape ahead of time. Both are called on the worker thread only.
     """
 
     def __init__(
@@ -143,8 +178,14 @@ class DynamicBatcher:
         self.settled = threading.Event()  # warm-up over, compiled or failed
         self.warmup_seconds: float | None = None
         self.warmup_error: BaseException | None = None
+        self.warmup_done = 0
+        self.warmup_started: float | None = None
         self._queue: queue.Queue = queue.Queue()
+        self._active: list[Job] = []
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._queued_tokens = 0
+        self._tokens_per_s: float | None = None
         self._thread = threading.Thread(target=self._work, name="prorank-batcher", daemon=True)
 
     # ------------------------------------------------------------------------- control
@@ -152,116 +193,210 @@ class DynamicBatcher:
         self._thread.start()
 
     def submit(self, job: Job) -> Job:
+        with self._lock:
+            self._queued_tokens += job.tokens
         self._queue.put(job)
         return job
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish every job already submitted, then end the worker (a warm-up in progress
-        stops after its current shape)."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """End the worker after its current batch or shape; jobs still waiting are failed (by
+        then the server has answered every client it still had). True if the worker ended."""
         self._stopping.set()
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Requests submitted and not yet answered."""
+        return self._queue.qsize() + len(self._active)
+
+    @property
+    def queued_tokens(self) -> int:
+        """Prompt tokens submitted and not yet scored."""
+        return self._queued_tokens
+
+    def seconds_to_clear(self, extra_tokens: int = 0) -> float | None:
+        """How long the tokens now queued (plus extra) take at the measured rate; None before
+        any batch has run."""
+        rate = self._tokens_per_s
+        return None if rate is None else (self._queued_tokens + extra_tokens) / rate
+
+    def warmup_seconds_left(self) -> float | None:
+        """Estimated seconds until every shape is compiled, from the mean compile so far."""
+        total = len(self.ladder.shapes)
+        if self.warmup_started is None or self.warmup_done == 0:
+            return None
+        per_shape = (time.perf_counter() - self.warmup_started) / self.warmup_done
+        return per_shape * (total - self.warmup_done)
 
     # ------------------------------------------------------------------------- worker
     def _work(self) -> None:
         try:
             self._warm_up()
+        except WarmupStopped as stopped:
+            log.info("%s", stopped)
+            self.warmup_error = stopped
         except BaseException as err:  # reported by /health; the worker still answers jobs with it
             log.exception("warm-up failed")
             self.warmup_error = err
         finally:
             self.settled.set()
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
+        while True:
+            if not self._active:
+                job = self._queue.get()
+                if job is _STOP:
+                    break
+                self._admit(job)
+            if not self._take_arrivals(wait=self._wait_for_company()):
                 break
-            jobs, stopping = self._gather(first)
             if self.warmup_error is not None:
-                for job in jobs:
-                    job.deliver(RuntimeError(f"the server failed to start: {self.warmup_error}"))
+                self._fail_all(RuntimeError(f"the server failed to start: {self.warmup_error}"))
                 continue
-            self._run_round(jobs)
+            self._run_batches()
+        self._fail_all(RuntimeError("the server is stopping"))
 
     def _warm_up(self) -> None:
-        start = time.perf_counter()
+        self.warmup_started = start = time.perf_counter()
         shapes = self.ladder.shapes
+        last_report = start
         for i, (rows, length) in enumerate(shapes):
             if self._stopping.is_set():
-                raise RuntimeError(f"stopped during warm-up after {i} of {len(shapes)} shapes")
+                raise WarmupStopped(f"stopped during warm-up after compiling {i} of {len(shapes)} batch shapes")
             self.compile_shape(rows, length)
-            log.debug("compiled %d/%d: %d x %d", i + 1, len(shapes), rows, length)
+            self.warmup_done = i + 1
+            now = time.perf_counter()
+            # Progress for a person watching start-up: the first shape, then every few seconds, and the last.
+            if i == 0 or i + 1 == len(shapes) or now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                log.info("compiled %d/%d batch shapes (%.1f s)", i + 1, len(shapes), now - start)
         self.warmup_seconds = time.perf_counter() - start
-        log.info("compiled %d batch shapes in %.1f s", len(shapes), self.warmup_seconds)
         self.ready.set()
 
-    def _gather(self, first: Job) -> tuple[list[Job], bool]:
-        """The first job and those that join it within the wait and the token budget."""
-        jobs, tokens = [first], first.tokens
-        deadline = first.enqueued + self.max_wait_s
-        while tokens < self.max_batch_tokens:
+    def _admit(self, job: Job) -> None:
+        job._prepare()
+        self._active.append(job)
+
+    def _wait_for_company(self) -> float:
+        """Seconds to wait for more requests: while the active ones fill less than one token
+        budget, until max_wait_s after the oldest arrived."""
+        if sum(j.tokens for j in self._active) >= self.max_batch_tokens:
+            return 0.0
+        oldest = min(j.enqueued for j in self._active)
+        return max(0.0, oldest + self.max_wait_s - time.monotonic())
+
+    def _take_arrivals(self, wait: float) -> bool:
+        """Move submitted jobs to the active list (waiting up to `wait` s for the first);
+        False once stop() was called."""
+        deadline = time.monotonic() + wait
+        while True:
             remaining = deadline - time.monotonic()
             try:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
+                return True
             if job is _STOP:
-                return jobs, True
-            jobs.append(job)
-            tokens += job.tokens
-        return jobs, False
+                return False
+            self._admit(job)
+            if wait and sum(j.tokens for j in self._active) >= self.max_batch_tokens:
+                wait, deadline = 0.0, time.monotonic()
 
-    def _run_round(self, jobs: list[Job]) -> None:
+    def _drop_cancelled(self) -> None:
         live = []
-        for job in jobs:
+        for job in self._active:
             if job.cancelled:
                 self.observer.dropped()
+                self._release(sum(len(job.sequences[i]) for i in job.order[job.planned:]))
             else:
                 live.append(job)
-        if not live:
-            return
-        now = time.monotonic()
-        for job in live:
-            self.observer.queued(now - job.enqueued)
-        sequences = [seq for job in live for seq in job.sequences]
-        owner = np.concatenate([np.full(len(job.sequences), j) for j, job in enumerate(live)])
-        scores = np.zeros(len(sequences), np.float32)
-        try:
-            batches = plan_token_batches([len(s) for s in sequences], self.ladder)
-            pending = None  # one batch in flight while the next is padded
-            for batch in batches:
-                ids, mask = batch_arrays(sequences, batch, self.pad_id)
-                started = time.perf_counter()
-                out = self.run_batch(ids, mask)
-                if pending is not None:
-                    self._collect(scores, owner, *pending)
-                pending = (batch, out, started)
-            if pending is not None:
-                self._collect(scores, owner, *pending)
-        except Exception as err:  # a failed round fails its requests, never the server
-            log.exception("batch failed")
-            for job in live:
-                job.deliver(err)
-            return
-        offset = 0
-        for job in live:
-            values = scores[offset : offset + len(job.sequences)]
-            offset += len(job.sequences)
-            if np.all(np.isfinite(values)):
-                job.deliver(values.copy())
-            else:
-                job.deliver(FloatingPointError("non-finite scores (check the weights / dtype)"))
+        self._active = live
 
-    def _collect(self, scores: np.ndarray, owner: np.ndarray, batch: Batch, out, started: float) -> None:
-        scores[batch.indices] = np.asarray(out, dtype=np.float32)[: len(batch.indices)]
-        self.observer.batch(
-            pairs=len(batch.indices),
-            requests=len(np.unique(owner[batch.indices])),
-            rows=batch.rows,
-            length=batch.length,
-            seconds=time.perf_counter() - started,
-        )
+    def _release(self, tokens: int) -> None:
+        with self._lock:
+            self._queued_tokens = max(0, self._queued_tokens - tokens)
+
+    def _run_batches(self) -> None:
+        """Batches until every active job is planned; new arrivals join between batches.
+        One batch is in flight while the next is planned and padded."""
+        pending = None
+        while True:
+            self._drop_cancelled()
+            waiting = [j for j in self._active if j.planned < len(j.sequences)]
+            if not waiting:
+                break
+            planned = self._plan(waiting)
+            started = time.perf_counter()
+            try:
+                out = self.run_batch(*planned[1])
+            except Exception as err:  # a failed batch fails its requests, never the server
+                log.exception("batch failed")
+                self._fail([job for job, _ in planned[0]], err)
+                continue
+            if pending is not None:
+                self._collect(*pending)
+            pending = (planned, out, started)
+            if not self._take_arrivals(wait=0.0):
+                self._queue.put(_STOP)  # seen again by the main loop once this round is collected
+                break
+        if pending is not None:
+            self._collect(*pending)
+
+    def _plan(self, waiting: list[Job]):
+        taken, rows, length = plan_fair_batch([j._pending_lengths() for j in waiting], self.ladder)
+        parts, sequences = [], []
+        now = time.monotonic()
+        for job, n in zip(waiting, taken):
+            if not n:
+                continue
+            if job.planned == 0:
+                self.observer.queued(now - job.enqueued)
+            idx = job.order[job.planned : job.planned + n]
+            job.planned += n
+            parts.append((job, idx))
+            sequences.extend(job.sequences[i] for i in idx)
+        batch = Batch(indices=np.arange(len(sequences)), rows=rows, length=length)
+        return parts, batch_arrays(sequences, batch, self.pad_id), batch
+
+    def _collect(self, planned, out, started: float) -> None:
+        parts, _, batch = planned
+        try:
+            values = np.asarray(out, dtype=np.float32)
+        except Exception as err:
+            log.exception("batch failed")
+            self._fail([job for job, _ in parts], err)
+            return
+        seconds = time.perf_counter() - started
+        offset, tokens = 0, 0
+        for job, idx in parts:
+            job.scores[idx] = values[offset : offset + len(idx)]
+            offset += len(idx)
+            job.scored += len(idx)
+            tokens += sum(len(job.sequences[i]) for i in idx)
+        self._release(tokens)
+        rate = tokens / max(seconds, 1e-6)
+        self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
+        self.observer.batch(pairs=offset, requests=len(parts), rows=batch.rows, length=batch.length, seconds=seconds)
+        for job, _ in parts:
+            if job.scored == len(job.sequences) and job in self._active:
+                self._active.remove(job)
+                if np.all(np.isfinite(job.scores)):
+                    job.deliver(job.scores)
+                else:
+                    job.deliver(FloatingPointError("non-finite scores (check the weights / dtype)"))
+
+    def _fail(self, jobs: list[Job], err: BaseException) -> None:
+        for job in jobs:
+            if job in self._active:
+                self._active.remove(job)
+                self._release(sum(len(job.sequences[i]) for i in job.order[job.scored:]))
+                job.deliver(err)
+
+    def _fail_all(self, err: BaseException) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                self._admit(job)
+        self._fail(list(self._active), err)

@@ -83,7 +83,8 @@ from prorank_jax.dtypes import dtype_of
 from prorank_jax.model import take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
 from prorank_jax.prompts import prompt_family as _prompt_family
-from prorank_jax.pretrained import load_pretrained, load_tokenizer
+from prorank_jax.pretrained import (BUNDLED, BUNDLED_WARM_START, ModelSource, load_pretrained, load_tokenizer,
+                                    source_folder, tokenizer_dir_of)
 from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, TOKENIZER_DIR, folder_kind
 from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
 from scoring.batching import (
@@ -326,7 +327,12 @@ class Reranker:
         the model's own (for a model folder saved without tokenizer files). As in mxbai,
         estimated_max=None looks the path up in the table of hub ids, so a local folder gets
         the 12.0 default. prompt_family=None takes the folder's own (prompts.detect_prompt_family:
-        its saved prompt_family, else a Qwen3-Reranker name, else mxbai-v2); a name forces it."""
+        its saved prompt_family, else a Qwen3-Reranker name, else mxbai-v2); a name forces it.
+        "bundled_warm_start" (or "bundled") is the bundled tiny model with the bundled tokenizer,
+        resolved as a run config's model.path is."""
+        if str(path) in (BUNDLED_WARM_START, BUNDLED):
+            source = ModelSource(path=BUNDLED_WARM_START)
+            path, tokenizer = source_folder(source), tokenizer if tokenizer is not None else tokenizer_dir_of(source)
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")

@@ -1,64 +1,72 @@
 """The rerank HTTP server: a FastAPI app over a Reranker and a DynamicBatcher.
 
     app = create_app(Reranker.from_pretrained(path), ServerSettings())
-    uvicorn.run(app)          # or `prorank serve --model PATH`
+    scoring.server_runtime.serve(app, ...)     # or `prorank serve --model PATH`
 
 Endpoints (scoring/server_api.py has the shapes):
-  POST /v1/rerank, /v2/rerank   Cohere / Jina / vLLM body and answer
-  POST /rerank                  Hugging Face TEI body and answer
+  POST /rerank, /v1/rerank, /v2/rerank, /v1/v2/rerank
+        Cohere / Jina / vLLM body and answer, or Hugging Face TEI's (told by `texts`)
+  POST /infinity/rerank, /infinity/v1/rerank
+        the same with Infinity's answer (`document` a plain string)
   GET  /health                  200 once every batch shape is compiled, 503 before
   GET  /info                    model, lengths, devices, limits, score semantics, version
   GET  /metrics                 Prometheus text (scoring/server_metrics.py)
-  GET  /docs, /openapi.json     FastAPI's OpenAPI pages
+  GET  /docs, /openapi.json     Swagger UI (assets from the swagger-ui-bundle package) and OpenAPI
 
-A request is tokenized with mxbai's prompt rules (the Reranker's RerankPrompt) on a worker
-thread of the event loop, handed to the batcher, which merges it with concurrent requests
-and runs them through the Reranker's jitted whole-prompt scorer on ladder shapes compiled
-before /health turns ready; the scores come back to the request, are normalised unless
-raw_scores, ordered (score descending, ties by index) and cut to top_n.
+A request's body is checked and parsed on a worker thread (scoring/server_body.py), its
+texts cut early to the token budget and tokenized with mxbai's prompt rules
+(scoring/server_encoding.py), handed to the batcher, which interleaves it with concurrent
+requests and runs them through the Reranker's jitted whole-prompt scorer on ladder shapes
+compiled before /health turns ready; the scores come back to the request, are normalised
+unless raw_scores, ordered (score descending, ties by index) and cut to top_n.
 
-Errors: malformed JSON 400; a missing, wrong-typed or out-of-range field 422; more
-documents than --max-documents or a body over --max-request-bytes 413 (also TEI's
-truncate=false with a document over the budget); a wrong API key 401; not ready 503. The
-message names the field. A client that leaves is dropped from its batch (or its scores are
-discarded); the other requests are not affected.
+Limits (each refusal in our error shape, counted in prorank_errors_total by kind): a body
+over --max-request-bytes or more documents than --max-documents 413; bodies in progress
+over --max-inflight-bytes, or queued prompt tokens over --max-queued-tokens, 429 with
+Retry-After; not ready 503 with Retry-After; a body not sent within --body-timeout 408.
+Bad input: a wrong or missing Content-Type 415; invalid UTF-8, nesting deeper than 32 or
+malformed JSON 400; a missing, wrong-typed (never coerced) or out-of-range field, or a lone
+surrogate 422; a wrong API key 401; unknown path 404, wrong method 405. The message names
+the field. A client that leaves is dropped before its next pair is batched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
-import json
 import logging
-import time
+import math
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prorank_jax import __version__
 from prorank_jax import sharding as shd
-from prorank_jax.prompts import EncodedPair, RerankPrompt, document_text, query_text
+from prorank_jax.prompts import RerankPrompt
 from scoring.dynamic_batcher import MIN_VARIABLE_TOKENS, DynamicBatcher, Job, serving_ladder
 from scoring.server_api import (
-    CohereRerankRequest,
     Scored,
     TeiRerankRequest,
     cohere_response,
     error_body,
-    field_path,
     tei_response,
     validation_message,
 )
+from scoring.server_body import ApiError, parse_rerank_body
+from scoring.server_encoding import encode_pairs  # noqa: F401  (the server's encoding, importable here)
+from scoring.server_guard import GuardSettings, RequestGuard
 from scoring.server_metrics import ServerMetrics
+from scoring.server_openapi import install_docs, rerank_operation
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,15 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
-RERANK_ENDPOINTS = ("/v1/rerank", "/v2/rerank", "/rerank")
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
+# Below Kubernetes' default 30 s termination grace period, and well above one batch of the
+# default budget on a CPU (bench/RESULTS.md): requests fully received are answered.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 25.0
+COHERE_ENDPOINTS = {"/rerank": "1", "/v1/rerank": "1", "/v2/rerank": "2", "/v1/v2/rerank": "2"}
+INFINITY_ENDPOINTS = ("/infinity/rerank", "/infinity/v1/rerank")
+RERANK_ENDPOINTS = tuple(COHERE_ENDPOINTS) + INFINITY_ENDPOINTS
 KNOWN_ENDPOINTS = RERANK_ENDPOINTS + ("/health", "/info", "/metrics")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left; never seen by that client
 SCORE_SEMANTICS = (
@@ -76,6 +92,22 @@ SCORE_SEMANTICS = (
     "qwen3-reranker prompt family estimated_max is 0: the normalised score is sigmoid(s) = P('yes'), "
     "s = logit('yes') - logit('no')."
 )
+
+
+def default_max_inflight_bytes() -> int:
+    """1/64 of the machine's memory, within 16 MiB..256 MiB: a parsed body costs a few times
+    its bytes, so this keeps request bodies to a few percent of memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 4 << 30
+    return int(min(256 << 20, max(16 << 20, total // 64)))
+
+
+def default_max_queued_tokens(max_batch_tokens: int) -> int:
+    """64 batches' worth of prompt tokens waiting: past that, a new request waits more than 64
+    batch times, better spent retrying elsewhere."""
+    return 64 * max_batch_tokens
 
 
 @dataclass(frozen=True)
@@ -88,123 +120,62 @@ class ServerSettings:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_inflight_bytes: int | None = None  # None: default_max_inflight_bytes()
+    max_queued_tokens: int | None = None  # None: default_max_queued_tokens(max_batch_tokens)
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    requested_max_length: int | None = None  # what the user asked for, to say when it was lowered
     api_key: str | None = None
 
     def __post_init__(self):
-        for name in ("max_batch_tokens", "max_batch_rows", "max_documents", "max_request_bytes"):
+        if self.max_inflight_bytes is None:
+            object.__setattr__(self, "max_inflight_bytes", max(default_max_inflight_bytes(), self.max_request_bytes))
+        if self.max_queued_tokens is None:
+            object.__setattr__(self, "max_queued_tokens", default_max_queued_tokens(self.max_batch_tokens))
+        for name in ("max_batch_tokens", "max_batch_rows", "max_documents", "max_request_bytes",
+                     "max_inflight_bytes", "max_queued_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str):
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ValueError(f"max_inflight_bytes={self.max_inflight_bytes} is below max_request_bytes="
+                             f"{self.max_request_bytes}: a body of the allowed size could never be admitted")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 class ClientGone(Exception):
     """The client disconnected before its scores were ready."""
 
 
-# ----------------------------------------------------------------------------- encoding
-def encode_pairs(
-    prompt: RerankPrompt,
-    query: str,
-    documents: Sequence[str],
-    instruction: str | None = None,
-    max_tokens_per_doc: int | None = None,
-) -> list[EncodedPair]:
-    """mxbai's prompts of (query, document) pairs; max_tokens_per_doc (Cohere v2) first cuts
-    each document piece ("document: {text}") to that many tokens, then mxbai's rules apply."""
-    if max_tokens_per_doc is None:
-        return prompt.encode_batch([query] * len(documents), list(documents), instruction=instruction)
-    if not isinstance(prompt, RerankPrompt):
-        raise ValueError("max_tokens_per_doc: supported for the mxbai-v2 prompt family only; this server's "
-                         "family cuts the document by its own longest_first rule (send no max_tokens_per_doc)")
-    prompt.encode_batch([query], [""], instruction=instruction)  # the same input checks
-    query_ids = prompt._encode_many([query_text(query, instruction)])[0]
-    out = []
-    for doc_ids in prompt._encode_many([document_text(d) for d in documents]):
-        pair = prompt._assemble(query_ids, doc_ids[:max_tokens_per_doc])
-        if len(doc_ids) > max_tokens_per_doc:
-            pair = dataclasses.replace(pair, document_truncated=True)
-        out.append(pair)
-    return out
+
+class _TokenizerLengthWarning(logging.Filter):
+    """Drops transformers' "Token indices sequence length is longer than the specified maximum"
+    warning: the server cuts every prompt to its own budget after tokenizing (mxbai's rules),
+    so the tokenizer's model_max_length is not a limit here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sequence length is longer than the specified maximum" not in record.getMessage()
 
 
-# ----------------------------------------------------------------------------- ASGI guard
-class RequestGuard:
-    """Pure ASGI middleware: body size limit (413 before the app sees the body) and the
-    per-endpoint request count / latency metrics. The body is read here and replayed, and
-    later receive() calls reach the server, so a handler can still see a disconnect."""
+def _quiet_tokenizer_length_warning() -> None:
+    for name in ("transformers.tokenization_utils_base", "transformers.tokenization_utils_fast"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _TokenizerLengthWarning) for f in target.filters):
+            target.addFilter(_TokenizerLengthWarning())
 
-    def __init__(self, app, metrics: ServerMetrics, max_request_bytes: int):
-        self.app, self.metrics, self.max_request_bytes = app, metrics, max_request_bytes
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        endpoint = scope["path"] if scope["path"] in KNOWN_ENDPOINTS else "other"
-        started, status = time.perf_counter(), [500]
-        rerank = endpoint in RERANK_ENDPOINTS
-        if rerank:
-            self.metrics.in_flight.inc()
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            body = await self._read_body(scope, receive)
-            if body is None:
-                await self._too_large(send_status)
-                return
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_status)
-        finally:
-            if rerank:
-                self.metrics.in_flight.dec()
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-
-    async def _read_body(self, scope, receive) -> bytes | None:
-        """The whole body, or None when it exceeds the limit."""
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_request_bytes:
-                return None
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_request_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
-
-    async def _too_large(self, send) -> None:
-        self.metrics.errors.labels("too_large").inc()
-        message = f"body: request body exceeds this server's limit of {self.max_request_bytes} bytes (--max-request-bytes)"
-        payload = json.dumps(error_body(message, "too_large")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+def log_effective_length(prompt, requested: int | None) -> None:
+    if requested is not None and prompt.max_length < requested:
+        log.warning("max_length %d lowered to %d: the model has %d positions and the prompt template takes %d "
+                    "tokens (query + document budget = positions - template)", requested, prompt.max_length,
+                    prompt.model_max_length, prompt.model_max_length - prompt.max_length)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -214,11 +185,17 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
+
+
 # ----------------------------------------------------------------------------- app
 def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `reranker` (a scoring.reranker.Reranker)."""
     settings = settings or ServerSettings()
     prompt: RerankPrompt = reranker.prompt
+    _quiet_tokenizer_length_warning()
+    log_effective_length(prompt, settings.requested_max_length)
     ladder = serving_ladder(prompt.template_length + MIN_VARIABLE_TOKENS, prompt.max_total_length,
                             settings.max_batch_tokens, settings.max_batch_rows, reranker.steps_per_octave)
     score_fn, params = reranker._score_fn, reranker.params
@@ -245,44 +222,53 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        log.info("compiling %d batch shapes before /health turns ready", len(ladder.shapes))
         watcher = asyncio.create_task(_announce_ready())
         yield
         watcher.cancel()
-        # Requests still in flight were drained by uvicorn before this point; the worker
-        # finishes whatever it still holds and ends.
-        await run_in_threadpool(batcher.stop)
+        # uvicorn has answered (or, past --shutdown-timeout, cancelled) every request by now:
+        # the worker ends after its current batch or shape.
+        if not await run_in_threadpool(batcher.stop, settings.shutdown_timeout_s):
+            log.warning("the batcher did not stop within %.0f s; exiting anyway", settings.shutdown_timeout_s)
 
     async def _announce_ready():
         await run_in_threadpool(batcher.settled.wait)
         if not batcher.ready.is_set():
             return
         metrics.mark_ready(len(ladder.shapes), batcher.warmup_seconds or 0.0)
-        log.info("ready: %d batch shapes compiled in %.1f s", len(ladder.shapes), batcher.warmup_seconds or 0.0)
+        log.info("ready: %d batch shapes compiled in %.1f s; /health answers 200", len(ladder.shapes),
+                    batcher.warmup_seconds or 0.0)
 
     app = FastAPI(title="prorank-jax rerank server", version=__version__, lifespan=lifespan,
-                  description=SCORE_SEMANTICS)
-    app.add_middleware(RequestGuard, metrics=metrics, max_request_bytes=settings.max_request_bytes)
+                  description=SCORE_SEMANTICS, docs_url=None, redoc_url=None)
+    app.add_middleware(RequestGuard, metrics=metrics, settings=GuardSettings(
+        settings.max_request_bytes, settings.max_inflight_bytes, settings.body_timeout_s, KNOWN_ENDPOINTS,
+        RERANK_ENDPOINTS))
     app.state.batcher, app.state.metrics, app.state.ladder = batcher, metrics, ladder
 
     # ------------------------------------------------------------------------- errors
-    def _error(status: int, message: str, kind: str, detail: Any = None) -> JSONResponse:
+    def _error(status: int, message: str, kind: str, detail: Any = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
-        return JSONResponse(error_body(message, kind, detail), status_code=status)
+        return JSONResponse(error_body(message, kind, detail), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = list(exc.errors())
-        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
-        if bad_json:
-            ctx = bad_json[0].get("ctx", {}).get("error", "")
-            where = field_path(bad_json[0].get("loc", ()))
-            return _error(400, f"body: malformed JSON ({ctx}; at {where})", "json")
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return _error(422, validation_message(errors), "validation", detail)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.kind)
+        return _error(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        what = {404: f"path: {request.url.path} is not an endpoint of this server (see /docs)",
+                405: f"method: {request.method} is not allowed on {request.url.path}"}
+        return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)),
+                      kinds.get(exc.status_code, "http"), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
@@ -300,12 +286,25 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
                                 "server's key (--api-key-file)", "unauthorized")
 
     # ------------------------------------------------------------------------- scoring
+    def require_ready() -> None:
+        if batcher.warmup_error is not None:
+            raise ApiError(503, f"the server failed to start: {batcher.warmup_error}", "not_ready")
+        if not batcher.ready.is_set():
+            raise ApiError(503, f"the server is still compiling its batch shapes ({batcher.warmup_done} of "
+                                f"{len(ladder.shapes)} done); retry when /health answers 200", "not_ready",
+                           _retry_after(batcher.warmup_seconds_left()))
+
+    def admit(tokens: int) -> None:
+        queued = batcher.queued_tokens
+        if queued and queued + tokens > settings.max_queued_tokens:
+            wait = batcher.seconds_to_clear(tokens)
+            raise ApiError(429, f"documents: {tokens} prompt tokens would take the queue past this server's limit of "
+                                f"{settings.max_queued_tokens} tokens (--max-queued-tokens; {queued} queued); retry "
+                                "later", "overloaded", _retry_after(wait))
+
     async def score(request: Request, query: str, documents: list[str], field: str, *,
                     instruction: str | None, max_tokens_per_doc: int | None = None,
                     allow_truncation: bool = True) -> Scored:
-        if not batcher.ready.is_set():
-            raise ApiError(503, "the server is still compiling its batch shapes; retry when /health answers 200",
-                           "not_ready")
         if len(documents) > settings.max_documents:
             raise ApiError(413, f"{field}: {len(documents)} documents, more than this server's limit of "
                                 f"{settings.max_documents} (--max-documents)", "too_large")
@@ -320,6 +319,8 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
                     raise ApiError(413, f"{what}: the pair exceeds max_length={prompt.max_length} tokens "
                                         "(query + document); send truncate=true to cut it as mxbai-rerank does",
                                    "too_large")
+        tokens = sum(len(e) for e in encoded)
+        admit(tokens)
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -348,7 +349,7 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
             metrics.disconnects.inc()
             raise ClientGone()
         raw = future.result()
-        scored = Scored(raw=raw, tokens=sum(len(e) for e in encoded),
+        scored = Scored(raw=raw, tokens=tokens,
                         truncated_documents=sum(e.document_truncated for e in encoded),
                         truncated_queries=sum(e.query_truncated for e in encoded))
         metrics.pairs.inc(len(encoded))
@@ -360,32 +361,36 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
         return {"X-Truncated-Documents": str(scored.truncated_documents),
                 "X-Truncated-Queries": str(scored.truncated_queries)}
 
-    async def cohere(request: Request, body: CohereRerankRequest, api_version: str):
+    async def rerank(request: Request, api_version: str, document_as_string: bool = False):
+        require_api_key(request)
+        require_ready()
+        raw_body = await request.body()
+        body = await run_in_threadpool(parse_rerank_body, raw_body, request.headers.get("content-type"))
+        del raw_body
         try:
+            if isinstance(body, TeiRerankRequest):
+                scored = await score(request, body.query, body.texts, "texts", instruction=body.instruction,
+                                     allow_truncation=body.truncate)
+                return JSONResponse(tei_response(body, scored, estimated_max), headers=_truncation_headers(scored))
             scored = await score(request, body.query, body.documents, "documents", instruction=body.instruction,
                                  max_tokens_per_doc=body.max_tokens_per_doc)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        payload = cohere_response(body, scored, body.model or settings.model_name, estimated_max,
-                                  prompt.max_length, api_version)
+        payload = cohere_response(body, scored, settings.model_name, estimated_max, prompt.max_length, api_version,
+                                  document_as_string=document_as_string)
         return JSONResponse(payload, headers=_truncation_headers(scored))
 
-    @app.post("/v1/rerank", dependencies=[Depends(require_api_key)], summary="Cohere v1 / Jina rerank")
-    async def rerank_v1(request: Request, body: CohereRerankRequest):
-        return await cohere(request, body, "1")
+    def add_rerank_route(path: str, api_version: str, document_as_string: bool, summary: str) -> None:
+        async def endpoint(request: Request):
+            return await rerank(request, api_version, document_as_string)
 
-    @app.post("/v2/rerank", dependencies=[Depends(require_api_key)], summary="Cohere v2 rerank")
-    async def rerank_v2(request: Request, body: CohereRerankRequest):
-        return await cohere(request, body, "2")
+        app.add_api_route(path, endpoint, methods=["POST"], summary=summary, name=f"rerank {path}",
+                          openapi_extra=rerank_operation(document_as_string))
 
-    @app.post("/rerank", dependencies=[Depends(require_api_key)], summary="Hugging Face TEI rerank")
-    async def rerank_tei(request: Request, body: TeiRerankRequest):
-        try:
-            scored = await score(request, body.query, body.texts, "texts", instruction=body.instruction,
-                                 allow_truncation=body.truncate)
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(tei_response(body, scored, estimated_max), headers=_truncation_headers(scored))
+    for path, version in COHERE_ENDPOINTS.items():
+        add_rerank_route(path, version, False, "Rerank: Cohere / Jina / vLLM body, or TEI's (texts)")
+    for path in INFINITY_ENDPOINTS:
+        add_rerank_route(path, "1", True, "Rerank for Infinity clients: documents come back as plain strings")
 
     # ------------------------------------------------------------------------- status
     @app.get("/health")
@@ -393,7 +398,9 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
         if batcher.warmup_error is not None:
             return JSONResponse({"status": "failed", "error": str(batcher.warmup_error)}, status_code=503)
         if not batcher.ready.is_set():
-            return JSONResponse({"status": "loading"}, status_code=503)
+            return JSONResponse({"status": "loading", "compiled_shapes": batcher.warmup_done,
+                                 "total_shapes": len(ladder.shapes)}, status_code=503,
+                                headers=_retry_after(batcher.warmup_seconds_left()))
         return {"status": "ok"}
 
     @app.get("/info")
@@ -407,12 +414,17 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.local_devices()],
             "max_input_length": prompt.max_length,
+            "requested_max_length": settings.requested_max_length,
             "max_total_length": prompt.max_total_length,
             "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_rows": settings.max_batch_rows,
             "max_wait_ms": settings.max_wait_ms,
             "max_client_batch_size": settings.max_documents,
             "max_request_bytes": settings.max_request_bytes,
+            "max_inflight_bytes": settings.max_inflight_bytes,
+            "max_queued_tokens": settings.max_queued_tokens,
+            "timeouts_s": {"header": settings.header_timeout_s, "body": settings.body_timeout_s,
+                           "keep_alive": settings.keep_alive_timeout_s, "shutdown": settings.shutdown_timeout_s},
             "estimated_max": estimated_max,
             "score": SCORE_SEMANTICS,
             "ready": batcher.ready.is_set(),
@@ -427,4 +439,5 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
     async def prometheus():
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_docs(app)
     return app

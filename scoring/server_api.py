@@ -1,14 +1,20 @@
 """The HTTP shapes the rerank server speaks: pydantic request models and response builders.
 
-* Cohere `POST /v1/rerank`, `/v2/rerank` (also Jina's, vLLM's and Infinity's body):
-  {model, query, documents: [str | {text}], top_n, return_documents, max_tokens_per_doc}
+* Cohere / Jina / vLLM body {model, query, documents: [str | {text}], top_n,
+  return_documents, max_tokens_per_doc}
   -> {id, model, results: [{index, relevance_score, document?: {text}}], meta, usage}.
-* Hugging Face TEI `POST /rerank`: {query, texts, truncate, raw_scores, return_text}
+  Infinity's answer is the same with `document` a plain string (its clients read it so).
+* Hugging Face TEI body {query, texts, truncate, raw_scores, return_text}
   -> [{index, score, text?}] sorted by score.
+Which body a request carries is told by its fields (`texts` or `documents`), so every
+rerank path accepts both and answers in the shape of the body it got.
 
 Extension fields on both: `instruction` (mxbai's instruction line) and, on the Cohere shape,
 `raw_scores`. Scores are mxbai's normalised score sigmoid(s - estimated_max / 2) unless
 raw_scores is true, then the raw s = logit("1") - logit("0").
+
+Validation is strict: a wrong JSON type is an error, never coerced (`top_n: true` is not 1,
+`"yes"` is not true), and every string must be valid Unicode (no lone surrogates).
 """
 
 from __future__ import annotations
@@ -18,9 +24,25 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from scoring.reranker import top_k_order
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """Index of the first lone UTF-16 surrogate (JSON's "\\ud800" escapes decode to one), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
+
+
+def _valid_unicode(value: Any) -> Any:
+    if isinstance(value, str) and (at := lone_surrogate_at(value)) is not None:
+        raise ValueError(f"contains a lone UTF-16 surrogate (U+{ord(value[at]):04X}) at character {at}; "
+                         "send valid Unicode text")
+    return value
 
 
 def _document_text(value: Any) -> Any:
@@ -31,10 +53,12 @@ def _document_text(value: Any) -> Any:
         value = value["text"]
     if not isinstance(value, str):
         raise ValueError(f"expected a string or an object with a 'text' string, got {type(value).__name__}")
-    return value
+    return _valid_unicode(value)
 
 
-DocumentText = Annotated[str, BeforeValidator(_document_text)]
+UnicodeText = Annotated[str, BeforeValidator(_valid_unicode)]
+DocumentText = Annotated[str, BeforeValidator(_document_text), WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]})]
 
 
 def _non_empty_query(value: str) -> str:
@@ -44,28 +68,71 @@ def _non_empty_query(value: str) -> str:
 
 
 class CohereRerankRequest(BaseModel):
-    model: str | None = None
-    query: str
-    documents: list[DocumentText] = Field(min_length=1)
+    """Cohere v1/v2, Jina, vLLM and Infinity rerank body."""
+
+    model_config = ConfigDict(strict=True)
+
+    model: UnicodeText | None = Field(default=None, description="ignored: answers name the served model")
+    query: UnicodeText
+    documents: list[DocumentText] = Field(min_length=1, description="strings or objects with a 'text' string")
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     max_tokens_per_doc: int | None = Field(default=None, ge=1)
-    instruction: str | None = None
+    instruction: UnicodeText | None = None
     raw_scores: bool = False
 
     _query = field_validator("query")(_non_empty_query)
 
 
 class TeiRerankRequest(BaseModel):
-    query: str
-    texts: list[str] = Field(min_length=1)
+    """Hugging Face text-embeddings-inference rerank body."""
+
+    model_config = ConfigDict(strict=True)
+
+    query: UnicodeText
+    texts: list[UnicodeText] = Field(min_length=1)
     truncate: bool = False
     truncation_direction: Literal["Right", "right"] = "Right"
     raw_scores: bool = False
     return_text: bool = False
-    instruction: str | None = None
+    instruction: UnicodeText | None = None
 
     _query = field_validator("query")(_non_empty_query)
+
+
+# ----------------------------------------------------------------------------- answers (for OpenAPI)
+class CohereDocument(BaseModel):
+    text: str
+
+
+class CohereResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: CohereDocument | str | None = Field(
+        default=None, description="with return_documents: {text} (Cohere, Jina, vLLM); a plain string on the "
+                                  "/infinity paths (Infinity)")
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[CohereResult]
+    meta: dict[str, Any]
+    usage: dict[str, int]
+
+
+class TeiResult(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    message: str = Field(description="what was wrong, naming the field (Cohere's key)")
+    error: str = Field(description="the same message (TEI's key)")
+    error_type: str = Field(description="json, validation, unsupported_media_type, too_large, unauthorized, "
+                                        "overloaded, not_ready, not_found, method_not_allowed, timeout, internal")
+    detail: Any = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +164,8 @@ def truncation_warning(scored: Scored, n: int, max_length: int) -> list[str]:
 
 
 def cohere_response(
-    body: CohereRerankRequest, scored: Scored, model: str, estimated_max: float, max_length: int, api_version: str
+    body: CohereRerankRequest, scored: Scored, model: str, estimated_max: float, max_length: int, api_version: str,
+    document_as_string: bool = False,
 ) -> dict:
     values = scored.values(body.raw_scores, estimated_max)
     top = body.top_n or len(values)
@@ -105,7 +173,8 @@ def cohere_response(
     for i in top_k_order(values, top):
         item: dict[str, Any] = {"index": int(i), "relevance_score": float(values[i])}
         if body.return_documents:
-            item["document"] = {"text": body.documents[i]}
+            text = body.documents[i]
+            item["document"] = text if document_as_string else {"text": text}
         results.append(item)
     meta = {
         "api_version": {"version": api_version},
@@ -151,7 +220,7 @@ def validation_message(errors: list[dict]) -> str:
     """One line per error, naming the field and what was expected."""
     lines = []
     for err in errors:
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") == "missing":
             msg = "field required"
         lines.append(f"{field_path(err.get('loc', ()))}: {msg}")

@@ -75,8 +75,9 @@ class ServerMetrics(BatchObserver):
                                 ["endpoint", "status"], registry=r)
         self.request_seconds = Histogram("prorank_request_seconds", "HTTP request latency by endpoint",
                                          ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.errors = Counter("prorank_errors", "failed requests by kind (json, validation, too_large, "
-                              "unauthorized, not_ready, internal)", ["kind"], registry=r)
+        self.errors = Counter("prorank_errors", "failed requests by kind (json, validation, "
+                              "unsupported_media_type, too_large, timeout, unauthorized, overloaded, not_ready, "
+                              "not_found, method_not_allowed, internal)", ["kind"], registry=r)
         self.pairs = Counter("prorank_pairs", "(query, document) pairs scored", registry=r)
         self.tokens = Counter("prorank_tokens", "prompt tokens scored (without padding)", registry=r)
         self.truncated_documents = Counter("prorank_truncated_documents",

@@ -175,6 +175,12 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
         checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config, model_config=config.to_hf(),
                                       tokenizer_dir=tokenizer_dir)
     base_rng = jax.random.key(loop.seed)
+    latest_saved = checkpointer.latest_step()
+    if latest_saved is not None:
+        # Refused before any array is read, on every process alike (all read the same file).
+        checkpoint.iterator_state_of_this_process(
+            checkpointer.data_state(latest_saved), checkpointer.directory / str(latest_saved),
+            jax.process_index(), jax.process_count())
     # The newest step that actually restores: one with a damaged array file is skipped
     # (with a warning) for the step before it.
     restored = checkpointer.restore_latest(abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
@@ -186,7 +192,8 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
         state = jax.jit(lambda p: training.init_train_state(p, tx), out_shardings=state_sharding)(params)
     else:
         extra = restored["data_state"] or {}
-        data_state = extra.get("iterator") or None
+        data_state = checkpoint.iterator_state_of_this_process(
+            extra, checkpointer.directory / str(latest), jax.process_index(), jax.process_count())
         state = training.TrainState(
             step=jax.device_put(np.int32(restored["step"] * updates_per_step), state_sharding.step),
             params=restored["params"], opt_state=restored["opt_state"],

@@ -138,8 +138,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
     family = _prompt_family(resolved["prompt_family"])
     prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
     train_iter = stage.make_iterator(load_config_examples(data, stage=stage.number), prompt, repeat_forever(data))
-    if run.data_state:
-        train_iter.set_state(run.data_state)
+    restore_iterator(train_iter, run.data_state, out_dir)
     parts = stage.build(StageContext(run, sections, family, tokenizer, prompt, train_iter))
 
     final = training.run_loop(
@@ -172,6 +171,27 @@ def check_batch_divides(batch_size: int, device_mesh, source: str) -> None:
             f"{source}: data.batch_size={batch_size} (x {jax.process_count()} processes) must be a multiple "
             f"of the mesh's batch split, {divisor} (mesh {dict(device_mesh.shape)})"
         )
+
+
+def restore_iterator(train_iter, saved: dict | None, out_dir: Path) -> None:
+    """Continue the training iterator from this process's saved state, with the outcome agreed
+    by every process: one that cannot (its data changed) would otherwise leave the others
+    waiting in the first step's collective until JAX's shutdown timeout."""
+    import jax
+
+    from prorank_jax.preemption import any_process
+
+    problem = None
+    if saved:
+        try:
+            train_iter.set_state(saved)
+        except ValueError as err:
+            problem = str(err)
+    if any_process(problem is not None):
+        why = problem or "another process could not restore its data iterator state"
+        raise cfglib.RunConfigError(
+            f"{out_dir}: cannot resume the training data on process {jax.process_index()}: {why}; resume with the "
+            "data section the run was started with, or start a new run in another out_dir")
 
 
 def repeat_forever(data):

@@ -285,10 +285,10 @@ def run_loop(
 
     Device metrics are fetched to the host only at log steps, so the loop does not
     wait on every update. Checkpoints hold the loop step, params, optimizer state,
-    the run's base RNG key, {"iterator": data_state(), "skipped_updates": n} and the
-    checkpointer's run_config. A SIGTERM (preemption) makes the loop save the current
-    step and return early; on multi-process runs all processes stop at the same step
-    when any of them got the signal.
+    the run's base RNG key, every process's data_state() with the process count and the
+    skipped updates (checkpoint.data_state_to_save), and the checkpointer's run_config.
+    A SIGTERM (preemption) makes the loop save the current step and return early; on
+    multi-process runs all processes stop at the same step when any of them got the signal.
     """
     from prorank_jax import preemption
 
@@ -300,7 +300,9 @@ def run_loop(
 
     def save(step: int) -> None:
         if checkpointer is not None:
-            extra = {"iterator": data_state() if data_state else {}, "skipped_updates": int(state.skipped)}
+            from prorank_jax.checkpoint import data_state_to_save
+
+            extra = data_state_to_save(data_state() if data_state else {}, int(state.skipped))
             checkpointer.save(step, params=state.params, opt_state=state.opt_state, rng=base_rng,
                               data_state=extra, force=True)
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 from launch import config as cfglib
 from launch.command_help import help_kwargs
 from launch.runner import Run, maybe_initialize_distributed
+from prorank_jax.files import atomic_text_writer
+from prorank_jax.multihost import written_by_process_zero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +155,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
                                                     prompt_family=family.name))
         if parts.evaluate is not None:
             summary["eval"] = parts.evaluate(final.state)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        written_by_process_zero(lambda: write_summary(out_dir, summary), str(out_dir / "summary.json"))
         print(f"[prorank] stage {stage.number} done: {json.dumps(summary)}", flush=True)
     return summary
 
@@ -199,15 +201,28 @@ def repeat_forever(data):
     return dataclasses.replace(data, num_epochs=None)
 
 
+def write_summary(out_dir: Path, summary: dict) -> None:
+    with atomic_text_writer(out_dir / "summary.json") as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
+
+
 def save_final_model(out_dir: str | Path, params, config, tokenizer_dir, prompt_family: str | None = None) -> Path:
     """The final model as an HF folder in the run folder (what stage 2 and export start from),
-    with its prompt family in prorank.json (prompts.detect_prompt_family reads it back)."""
+    with its prompt family in prorank.json (prompts.detect_prompt_family reads it back).
+
+    Every process must call it: params split over processes are gathered to each host
+    (multihost.host_copy), then process 0 alone writes the folder and the others wait for it."""
     from prorank_jax import hf
+    from prorank_jax.multihost import host_copy
     from prorank_jax.prompts import PRORANK_FILE, prorank_file_text
     from prorank_jax.run_folder import FINAL_HF_DIR
 
     extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
-    return hf.save(params, config, Path(out_dir) / FINAL_HF_DIR, tokenizer_dir=tokenizer_dir, extra_files=extra)
+    folder = Path(out_dir) / FINAL_HF_DIR
+    whole = host_copy(params)
+    written_by_process_zero(
+        lambda: hf.save(whole, config, folder, tokenizer_dir=tokenizer_dir, extra_files=extra), str(folder))
+    return folder
 
 
 def _prompt_family(name: str):

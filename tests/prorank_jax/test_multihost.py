@@ -69,3 +69,54 @@ def test_older_single_process_checkpoints_still_resume():
     with pytest.raises(ckpt.CheckpointError, match="resumed with 2"):
         ckpt.iterator_state_of_this_process(legacy, "c/2", 0, 2)
     assert ckpt.iterator_state_of_this_process({"skipped_updates": 0}, "c/2", 0, 2) is None
+
+
+# ----------------------------------------------------------------------------- single writer
+def _as_process(monkeypatch, index: int, others_failed: bool = False):
+    """This test as process `index` of 2; the other process reports others_failed."""
+    from jax.experimental import multihost_utils
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda x: np.array([int(np.asarray(x)), int(others_failed)], np.int32))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from prorank_jax.bundled import bundled_tokenizer_dir
+    from prorank_jax.config import ModelConfig
+    from prorank_jax.data import bundled_data_dir
+    from prorank_jax.model import init_params
+
+    config = ModelConfig.from_hf(bundled_data_dir() / "tiny_model.json")
+    return config, init_params(config, jax.random.key(0)), bundled_tokenizer_dir()
+
+
+def test_only_process_0_writes_the_final_model_and_summary(monkeypatch, tmp_path, tiny_model):
+    """Before issue 25 every process wrote hf/ and summary.json into the shared out_dir
+    (files.staged_dir then raced: "Directory not empty")."""
+    from launch.stage_runner import save_final_model, write_summary
+
+    config, params, tokenizer = tiny_model
+    _as_process(monkeypatch, 1)
+    folder = save_final_model(tmp_path, params, config, tokenizer, prompt_family="mxbai-v2")
+    multihost.written_by_process_zero(lambda: write_summary(tmp_path, {"steps": 1}), "summary.json")
+    assert folder == tmp_path / "hf" and list(tmp_path.iterdir()) == []  # process 1 wrote nothing
+
+    _as_process(monkeypatch, 0)
+    save_final_model(tmp_path, params, config, tokenizer, prompt_family="mxbai-v2")
+    multihost.written_by_process_zero(lambda: write_summary(tmp_path, {"steps": 1}), "summary.json")
+    assert (folder / "model.safetensors").is_file() and json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_a_failed_single_write_is_an_error_on_every_process(monkeypatch):
+    def fail():
+        raise OSError("disk full")
+
+    _as_process(monkeypatch, 0)
+    with pytest.raises(OSError, match="disk full"):
+        multihost.written_by_process_zero(fail, "hf/")
+    _as_process(monkeypatch, 1, others_failed=True)  # process 0 failed: process 1 is told, not left waiting
+    with pytest.raises(RuntimeError, match="process 0 could not write hf/"):
+        multihost.written_by_process_zero(fail, "hf/")

@@ -197,7 +197,9 @@ class ScoreStage:
         total = int(np.size(batch["attention_mask"]))
         host = {"documents": float(np.sum(np.asarray(batch["doc_mask"]) * np.asarray(batch["example_mask"])[:, None])),
                 "padding_fraction": 1.0 - real / max(total, 1)}
-        return training.StepOutput(batch=batch, host_metrics=host, tokens=real)
+        # documents: this process's part of the step's count; padding: a fraction of its tokens
+        return training.StepOutput(batch=batch, host_metrics=host, tokens=real,
+                                   host_weights={"padding_fraction": total}, host_totals=frozenset({"documents"}))
 
     def validate(self, params) -> dict[str, float]:
         """nDCG@10 and RR@10 of `params` on the validation set (rerank_validation)."""

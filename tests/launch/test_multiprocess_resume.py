@@ -137,6 +137,17 @@ def test_sigterm_on_one_process_then_rerun_ends_with_the_uninterrupted_weights(r
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_run_logs_host_metrics_of_the_global_batch_and_writes_hf_once(runs):
+    """documents is 4 groups x (1 positive + 3 negatives) per step over both processes (what
+    one process logs for the same global batch); before issue 25 it was process 0's 8."""
+    out_dir = runs["uninterrupted"]
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(r["documents"] == 16.0 for r in rows), [r["documents"] for r in rows]
+    assert (out_dir / "hf" / "model.safetensors").is_file() and (out_dir / "summary.json").is_file()
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
 def test_a_resume_with_another_process_count_is_refused_up_front(runs):
     out_dir, saved, _ = runs["resumed"]
     [(rc, output)] = runs["refused"]

@@ -71,6 +71,49 @@ def test_older_single_process_checkpoints_still_resume():
     assert ckpt.iterator_state_of_this_process({"skipped_updates": 0}, "c/2", 0, 2) is None
 
 
+# ----------------------------------------------------------------------------- host metrics
+def _score_batch(groups: np.ndarray) -> dict:
+    """A stage-2 batch of the given rows of one global batch: 4 groups of up to 4 documents
+    with different padding, the last group a padding row."""
+    doc_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
+    example_mask = np.array([1, 1, 1, 0], np.float32)
+    attention = np.zeros((4, 4, 10), np.int32)
+    for g, lengths in enumerate([(10, 9, 8, 7), (5, 6, 0, 0), (10, 10, 10, 0), (3, 0, 0, 0)]):
+        for d, n in enumerate(lengths):
+            attention[g, d, :n] = 1
+    return {"doc_mask": doc_mask[groups], "example_mask": example_mask[groups], "attention_mask": attention[groups]}
+
+
+def _score_outputs(rows_per_process: list[np.ndarray]) -> list[training.StepOutput]:
+    from scoring.train import ScoreStage
+
+    return [ScoreStage(batches=iter([_score_batch(rows)])).produce(None, None) for rows in rows_per_process]
+
+
+def test_stage2_host_metrics_over_two_processes_equal_one_process_on_the_global_batch():
+    [whole] = _score_outputs([np.arange(4)])
+    halves = _score_outputs([np.arange(2), np.arange(2, 4)])
+    one = training.reduce_host_metrics([training.host_window([whole])], whole.host_totals)
+    two = training.reduce_host_metrics([training.host_window([h]) for h in halves], whole.host_totals)
+    assert one["documents"] == 9.0
+    assert two == pytest.approx(one, rel=1e-12)
+    # what was logged before: process 0's own values
+    assert halves[0].host_metrics["documents"] != one["documents"]
+    assert halves[0].host_metrics["padding_fraction"] != pytest.approx(one["padding_fraction"])
+
+
+def test_means_weigh_each_process_by_its_items_and_totals_average_over_steps():
+    def out(reward, completions, docs):
+        return training.StepOutput(batch={}, host_metrics={"reward": reward, "documents": docs},
+                                   host_weights={"reward": completions}, host_totals=frozenset({"documents"}))
+
+    windows = [training.host_window([out(1.0, 8, 3), out(0.0, 8, 5)]),  # process 0, two steps
+               training.host_window([out(0.5, 24, 1), out(0.5, 24, 7)])]  # process 1
+    reduced = training.reduce_host_metrics(windows, frozenset({"documents"}))
+    assert reduced["reward"] == pytest.approx((8 * 1.0 + 24 * 0.5 + 24 * 0.5) / 64)
+    assert reduced["documents"] == pytest.approx((3 + 5 + 1 + 7) / 2)  # per step, both processes
+
+
 # ----------------------------------------------------------------------------- single writer
 def _as_process(monkeypatch, index: int, others_failed: bool = False):
     """This test as process `index` of 2; the other process reports others_failed."""

@@ -134,6 +134,20 @@ def maybe_initialize_distributed() -> None:
         )
 
 
+def place_params(params, shardings):
+    """Loaded params onto their shardings. On several processes each one copies only its own
+    shards from its host copy (every process loads the same model): a model restored onto one
+    local device (a run folder's checkpoint) cannot be device_put to devices of other processes."""
+    if jax.process_count() == 1:
+        return jax.device_put(params, shardings)
+
+    def place(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(place, params, shardings)
+
+
 @dataclasses.dataclass
 class Run:
     out_dir: Path
@@ -164,7 +178,7 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
     abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
     state_sharding = training.state_shardings(abstract, tx, device_mesh)
-    params = jax.device_put(params, state_sharding.params)
+    params = place_params(params, state_sharding.params)
 
     # Each saved step records the config this invocation resolved; run_config.json keeps
     # only the run's first, so a resume with other overrides is visible per step.

@@ -7,7 +7,7 @@ Before issue 25 a checkpoint kept only process 0's data-iterator state: the reru
 process 1 ("belongs to a different pipeline (shard_index: saved 0, now 1)") while process 0
 waited in a collective until JAX's shutdown barrier aborted both (rc 134, ~300 s).
 
-Slow (four rounds of processes, ~4 minutes on 2 CPU cores): `make test-slow`.
+Slow (five rounds of processes, ~4 minutes on 2 CPU cores): `make test-slow`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ STEPS = 6
 OVERRIDES = ["model.path=null", f"loop.steps={STEPS}", "loop.save_every=2", "loop.log_every=1", "loop.eval_every=0",
              "loop.progress_bar=false", "loop.async_checkpointing=false", "eval_data=null", "data.batch_size=2",
              "data.buckets=[192]"]
+SPLIT_STEPS = 2
 TIMEOUT_S = 300
 
 pytestmark = pytest.mark.slow
@@ -44,12 +45,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(out_dir: Path, num_processes: int) -> list[subprocess.Popen]:
+def _start(out_dir: Path, num_processes: int, extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     env["XLA_FLAGS"] = xla_flags()  # one CPU device per process
     port = str(_free_port())
     command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={out_dir}",
-               *OVERRIDES]
+               *OVERRIDES, *extra]  # later overrides win
     procs = []
     for i in range(num_processes):
         distributed = ({"PRORANK_COORDINATOR": f"localhost:{port}", "PRORANK_NUM_PROCESSES": str(num_processes),
@@ -113,15 +114,21 @@ def runs(tmp_path_factory):
 
     refused = _finish(_start(resumed, 1))
     rerun = _finish(_start(resumed, 2))
-    return {"uninterrupted": uninterrupted, "resumed": (resumed, saved, rerun), "refused": refused}
+    # a run starting from the first run's folder, its parameters split over the processes
+    split = root / "fsdp_from_run_folder"
+    _all_ok(_finish(_start(split, 2, (f"model.path={uninterrupted}", "mesh.data=1", "mesh.fsdp=2",
+                                      f"loop.steps={SPLIT_STEPS}"))))
+    return {"uninterrupted": uninterrupted, "resumed": (resumed, saved, rerun), "refused": refused,
+            "split": split}
 
 
-def _final_weights(out_dir: Path) -> list[np.ndarray]:
+def _final_weights(out_dir: Path, step: int | None = STEPS) -> list[np.ndarray]:
+    """The weights of a run folder's checkpoint of `step`, or of an HF folder (step None)."""
     import jax
 
     from prorank_jax.pretrained import load_pretrained
 
-    _, params, _ = load_pretrained(out_dir, step=STEPS)
+    _, params, _ = load_pretrained(out_dir, step=step) if step is not None else load_pretrained(out_dir)
     return jax.tree_util.tree_leaves(jax.device_get(params))
 
 
@@ -146,6 +153,19 @@ def test_the_run_logs_host_metrics_of_the_global_batch_and_writes_hf_once(runs):
     assert all(r["documents"] == 16.0 for r in rows), [r["documents"] for r in rows]
     assert (out_dir / "hf" / "model.safetensors").is_file() and (out_dir / "summary.json").is_file()
     assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+def test_a_stage_with_weights_split_over_processes_starts_from_a_run_folder_and_saves_hf(runs):
+    """mesh fsdp=2 over the two processes, model.path a run folder: before issue 25 the start
+    failed (device_put of a checkpoint restored on one device to the other process's devices)
+    and so did the final save (device_get of arrays spanning non-addressable devices). hf/
+    holds the run's final checkpoint, gathered whole."""
+    split = runs["split"]
+    assert json.loads((split / "run_config.json").read_text())["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    final, saved = _final_weights(split, SPLIT_STEPS), _final_weights(split / "hf", None)
+    assert len(final) == len(saved)
+    for a, b in zip(final, saved):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_resume_with_another_process_count_is_refused_up_front(runs):

@@ -181,14 +181,14 @@ def restore_iterator(train_iter, saved: dict | None, out_dir: Path) -> None:
     waiting in the first step's collective until JAX's shutdown timeout."""
     import jax
 
-    from prorank_jax.preemption import any_process
+    from prorank_jax.multihost import any_process
 
     problem = None
     if saved:
         try:
             train_iter.set_state(saved)
-        except ValueError as err:
-            problem = str(err)
+        except (ValueError, KeyError, TypeError) as err:  # a changed or malformed saved state
+            problem = f"{type(err).__name__}: {err}"
     if any_process(problem is not None):
         why = problem or "another process could not restore its data iterator state"
         raise cfglib.RunConfigError(

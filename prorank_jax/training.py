@@ -350,7 +350,7 @@ def run_loop(
                 out = produce(state, step_rng(base_rng, step))
                 state, metrics = train_step(state, out.batch)
                 pending.append(metrics)
-                host_pending.append(out)
+                host_pending.append(dataclasses.replace(out, batch={}))  # the window keeps no batches
                 tokens += out.tokens
                 done = step + 1
                 if done % max(loop.log_every, 1) == 0 or done == loop.steps:

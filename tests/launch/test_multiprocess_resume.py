@@ -28,8 +28,9 @@ from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
-# data.buckets=[192]: one prompt width on both processes (see the report of issue 25: with
-# two buckets the processes' stage-2 batches can differ in width).
+# data.buckets=[192] here keeps the resume checks to one prompt width; the run with the
+# parameters split over the processes takes two buckets, whose widths differ between the
+# processes at its first step (scoring.train.agree_group_width).
 OVERRIDES = ["model.path=null", f"loop.steps={STEPS}", "loop.save_every=2", "loop.log_every=1", "loop.eval_every=0",
              "loop.progress_bar=false", "loop.async_checkpointing=false", "eval_data=null", "data.batch_size=2",
              "data.buckets=[192]"]
@@ -117,7 +118,7 @@ def runs(tmp_path_factory):
     # a run starting from the first run's folder, its parameters split over the processes
     split = root / "fsdp_from_run_folder"
     _all_ok(_finish(_start(split, 2, (f"model.path={uninterrupted}", "mesh.data=1", "mesh.fsdp=2",
-                                      f"loop.steps={SPLIT_STEPS}"))))
+                                      f"loop.steps={SPLIT_STEPS}", "data.buckets=[160,192]"))))
     return {"uninterrupted": uninterrupted, "resumed": (resumed, saved, rerun), "refused": refused,
             "split": split}
 
@@ -158,8 +159,9 @@ def test_the_run_logs_host_metrics_of_the_global_batch_and_writes_hf_once(runs):
 def test_a_stage_with_weights_split_over_processes_starts_from_a_run_folder_and_saves_hf(runs):
     """mesh fsdp=2 over the two processes, model.path a run folder: before issue 25 the start
     failed (device_put of a checkpoint restored on one device to the other process's devices)
-    and so did the final save (device_get of arrays spanning non-addressable devices). hf/
-    holds the run's final checkpoint, gathered whole."""
+    and so did the final save (device_get of arrays spanning non-addressable devices); with
+    two length buckets the first step aborted (the processes' batches had different widths).
+    hf/ holds the run's final checkpoint, gathered whole."""
     split = runs["split"]
     assert json.loads((split / "run_config.json").read_text())["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
     final, saved = _final_weights(split, SPLIT_STEPS), _final_weights(split / "hf", None)

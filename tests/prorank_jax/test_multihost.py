@@ -81,7 +81,8 @@ def _score_batch(groups: np.ndarray) -> dict:
     for g, lengths in enumerate([(10, 9, 8, 7), (5, 6, 0, 0), (10, 10, 10, 0), (3, 0, 0, 0)]):
         for d, n in enumerate(lengths):
             attention[g, d, :n] = 1
-    return {"doc_mask": doc_mask[groups], "example_mask": example_mask[groups], "attention_mask": attention[groups]}
+    return {"doc_mask": doc_mask[groups], "example_mask": example_mask[groups], "attention_mask": attention[groups],
+            "input_ids": attention[groups] * 7}
 
 
 def _score_outputs(rows_per_process: list[np.ndarray]) -> list[training.StepOutput]:
@@ -163,3 +164,30 @@ def test_a_failed_single_write_is_an_error_on_every_process(monkeypatch):
     _as_process(monkeypatch, 1, others_failed=True)  # process 0 failed: process 1 is told, not left waiting
     with pytest.raises(RuntimeError, match="process 0 could not write hf/"):
         multihost.written_by_process_zero(fail, "hf/")
+
+
+# ----------------------------------------------------------------------------- stage-2 widths
+def test_stage2_batches_are_padded_to_the_widest_process_with_unchanged_scores(monkeypatch, tiny_model):
+    """Each process pads its groups to its own length bucket; two processes with different
+    buckets compiled different programs and aborted in the first collective (issue 25,
+    found with data.buckets=[160, 192]). agree_group_width left-pads to the widest, and
+    the scores equal those of the batch as it was."""
+    from jax.experimental import multihost_utils
+
+    from scoring.train import agree_group_width, group_scores
+
+    config, params, _ = tiny_model
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, config.vocab_size, (2, 2, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, 1, :5] = 0  # a shorter, left-padded prompt
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "doc_mask": np.ones((2, 2), np.int32)}
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([int(x), 20]))  # the other: 20
+    wide = agree_group_width(batch)
+    assert wide["input_ids"].shape == (2, 2, 20) and wide["attention_mask"][..., :8].sum() == 0
+    np.testing.assert_array_equal(wide["input_ids"][..., 8:], batch["input_ids"])
+    assert wide["doc_mask"] is batch["doc_mask"]
+    before = group_scores(params, config, batch["input_ids"], batch["attention_mask"], 5, 6)
+    after = group_scores(params, config, wide["input_ids"], wide["attention_mask"], 5, 6)
+    np.testing.assert_allclose(np.asarray(after), np.asarray(before), atol=1e-5)

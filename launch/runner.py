@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
+from prorank_jax.multihost import written_by_process_zero
 from prorank_jax.pretrained import ModelSource, load_model
 
 
@@ -227,9 +228,12 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     checkpointer = checkpoint.Checkpointer(out_dir / "checkpoints", save_interval_steps=max(loop.save_every, 1),
                                            max_to_keep=loop.max_to_keep, async_save=loop.async_checkpointing,
                                            run_config=resolved_config)
-    if jax.process_index() == 0:
-        checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config, model_config=config.to_hf(),
-                                      tokenizer_dir=tokenizer_dir)
+    # Process 0 writes (and checks the model against a resumed folder's); a refusal there is
+    # an error on every process instead of the others waiting in the restore's collectives.
+    written_by_process_zero(
+        lambda: checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config,
+                                              model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
+        f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)
     latest_saved = checkpointer.latest_step()
     if latest_saved is not None:

@@ -4,6 +4,7 @@ whose partners never come ends within the timeout it was given, saying what it w
 
 Before issue 25 a busy port crashed process 0 (SIGSEGV) while process 1 waited 200 s in
 silence, and a missing process meant 307 s of silence, then "DEADLINE_EXCEEDED ... RegisterTask".
+A refusal on process 0 alone (it checks and writes the run metadata) now ends every process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import json
 
 import jax
 import pytest
@@ -90,3 +93,34 @@ def test_a_missing_process_ends_the_run_within_its_timeout(tmp_path):
             "for all 2 processes (PRORANK_INIT_TIMEOUT_S)") in output
     assert "DEADLINE_EXCEEDED" in output
     assert not any(tmp_path.iterdir())  # nothing started
+
+
+def _process_env(port: int, process_id: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags(),
+                PRORANK_COORDINATOR=f"localhost:{port}", PRORANK_NUM_PROCESSES="2",
+                PRORANK_PROCESS_ID=str(process_id))
+
+
+def test_a_refusal_on_process_0_alone_ends_every_process(tmp_path):
+    """out_dir was trained with another model: process 0, which alone checks and writes the run
+    metadata, refuses; before issue 25 process 1 went on into the restore's collectives and
+    waited for JAX's timeouts (~300 s). Now it hears of the refusal and ends too (~10 s)."""
+    (tmp_path / "model_config.json").write_text(json.dumps({"model_type": "another model"}))
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
+               "model.path=null", "eval_data=null", "loop.progress_bar=false"]
+    procs = [subprocess.Popen(command, cwd=REPO, env=_process_env(port, i), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        (out0, _), (out1, _) = (proc.communicate(timeout=150) for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert procs[0].returncode != 0 and "this run folder was trained with a different model" in out0, out0[-3000:]
+    assert procs[1].returncode != 0, out1[-3000:]
+    assert (f"process 0 could not write the run metadata (run_config.json, model_config.json, tokenizer/) "
+            f"in {tmp_path}") in out1, out1[-3000:]

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
+from prorank_jax.multihost import written_by_process_zero
 from prorank_jax.pretrained import ModelSource, load_model
 
 
@@ -111,6 +112,40 @@ def _int_env(name: str, low: int, high: int | None = None) -> int:
     return value
 
 
+# Environment variable -> jax.distributed.initialize argument; JAX's defaults (300 s to
+# start, 100 s without a heartbeat, 300 s at shutdown) hold unless one is set.
+DISTRIBUTED_TIMEOUTS = {
+    "PRORANK_INIT_TIMEOUT_S": "initialization_timeout",
+    "PRORANK_HEARTBEAT_TIMEOUT_S": "heartbeat_timeout_seconds",
+    "PRORANK_SHUTDOWN_TIMEOUT_S": "shutdown_timeout_seconds",
+}
+
+
+def distributed_timeouts() -> dict[str, int]:
+    """The timeouts the environment sets (whole seconds >= 1), as initialize's arguments."""
+    return {arg: _int_env(name, 1) for name, arg in DISTRIBUTED_TIMEOUTS.items() if os.environ.get(name, "").strip()}
+
+
+def check_coordinator_port(address: str) -> None:
+    """Process 0 starts the coordinator service on address's port, which must be free: on a
+    busy one JAX crashed (SIGSEGV) while the other processes waited for it in silence."""
+    import socket
+
+    _, _, port_text = address.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"PRORANK_COORDINATOR={address!r}: expected host:port") from None
+    with socket.socket() as probe:
+        # SO_REUSEADDR: a port left in TIME_WAIT is free for the service too; a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            raise ValueError(f"PRORANK_COORDINATOR={address}: port {port} is already in use on this host "
+                             f"({err.strerror}); give every process another free port") from None
+
+
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when the launcher says this is one of several processes.
 
@@ -118,20 +153,42 @@ def maybe_initialize_distributed() -> None:
     PRORANK_NUM_PROCESSES, PRORANK_PROCESS_ID. On Cloud TPU pods JAX discovers all of it
     itself, signalled by PRORANK_DISTRIBUTED=auto. Must run before any other JAX call.
     Set by hand, a wrong value would start a job that hangs waiting for hosts that never
-    come, so every value is checked first and a bad one is named.
+    come, so every value is checked first and a bad one is named; process 0 checks that
+    the coordinator's port is free. PRORANK_INIT_TIMEOUT_S / _HEARTBEAT_TIMEOUT_S /
+    _SHUTDOWN_TIMEOUT_S bound JAX's waits (DISTRIBUTED_TIMEOUTS).
     """
     mode = os.environ.get("PRORANK_DISTRIBUTED", "").strip()
+    timeouts = distributed_timeouts()
     if mode == "auto":
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     elif mode:
         raise ValueError(f"PRORANK_DISTRIBUTED={mode!r}: expected 'auto' or unset")
     elif os.environ.get("PRORANK_COORDINATOR", "").strip():
+        address = os.environ["PRORANK_COORDINATOR"].strip()
         num_processes = _int_env("PRORANK_NUM_PROCESSES", 1)
-        jax.distributed.initialize(
-            coordinator_address=os.environ["PRORANK_COORDINATOR"].strip(),
-            num_processes=num_processes,
-            process_id=_int_env("PRORANK_PROCESS_ID", 0, num_processes),
-        )
+        process_id = _int_env("PRORANK_PROCESS_ID", 0, num_processes)
+        if process_id == 0:
+            check_coordinator_port(address)
+        # JAX ends the process on a timeout with a bare DEADLINE_EXCEEDED; this line says what it waited for.
+        wait = timeouts.get("initialization_timeout", 300)
+        print(f"[prorank] process {process_id} of {num_processes}: joining the coordinator at {address}; "
+              f"waiting up to {wait} s for all {num_processes} processes (PRORANK_INIT_TIMEOUT_S)", flush=True)
+        jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
+                                   process_id=process_id, **timeouts)
+
+
+def place_params(params, shardings):
+    """Loaded params onto their shardings. On several processes each one copies only its own
+    shards from its host copy (every process loads the same model): a model restored onto one
+    local device (a run folder's checkpoint) cannot be device_put to devices of other processes."""
+    if jax.process_count() == 1:
+        return jax.device_put(params, shardings)
+
+    def place(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(place, params, shardings)
 
 
 @dataclasses.dataclass
@@ -164,17 +221,26 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
     abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
     state_sharding = training.state_shardings(abstract, tx, device_mesh)
-    params = jax.device_put(params, state_sharding.params)
+    params = place_params(params, state_sharding.params)
 
     # Each saved step records the config this invocation resolved; run_config.json keeps
     # only the run's first, so a resume with other overrides is visible per step.
     checkpointer = checkpoint.Checkpointer(out_dir / "checkpoints", save_interval_steps=max(loop.save_every, 1),
                                            max_to_keep=loop.max_to_keep, async_save=loop.async_checkpointing,
                                            run_config=resolved_config)
-    if jax.process_index() == 0:
-        checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config, model_config=config.to_hf(),
-                                      tokenizer_dir=tokenizer_dir)
+    # Process 0 writes (and checks the model against a resumed folder's); a refusal there is
+    # an error on every process instead of the others waiting in the restore's collectives.
+    written_by_process_zero(
+        lambda: checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config,
+                                              model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
+        f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)
+    latest_saved = checkpointer.latest_step()
+    if latest_saved is not None:
+        # Refused before any array is read, on every process alike (all read the same file).
+        checkpoint.iterator_state_of_this_process(
+            checkpointer.data_state(latest_saved), checkpointer.directory / str(latest_saved),
+            jax.process_index(), jax.process_count())
     # The newest step that actually restores: one with a damaged array file is skipped
     # (with a warning) for the step before it.
     restored = checkpointer.restore_latest(abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
@@ -186,7 +252,8 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
         state = jax.jit(lambda p: training.init_train_state(p, tx), out_shardings=state_sharding)(params)
     else:
         extra = restored["data_state"] or {}
-        data_state = extra.get("iterator") or None
+        data_state = checkpoint.iterator_state_of_this_process(
+            extra, checkpointer.directory / str(latest), jax.process_index(), jax.process_count())
         state = training.TrainState(
             step=jax.device_put(np.int32(restored["step"] * updates_per_step), state_sharding.step),
             params=restored["params"], opt_state=restored["opt_state"],

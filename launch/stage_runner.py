@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 from launch import config as cfglib
 from launch.command_help import help_kwargs
 from launch.runner import Run, maybe_initialize_distributed
+from prorank_jax.files import atomic_text_writer
+from prorank_jax.multihost import written_by_process_zero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +140,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
     family = _prompt_family(resolved["prompt_family"])
     prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
     train_iter = stage.make_iterator(load_config_examples(data, stage=stage.number), prompt, repeat_forever(data))
-    if run.data_state:
-        train_iter.set_state(run.data_state)
+    restore_iterator(train_iter, run.data_state, out_dir)
     parts = stage.build(StageContext(run, sections, family, tokenizer, prompt, train_iter))
 
     final = training.run_loop(
@@ -154,7 +155,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
                                                     prompt_family=family.name))
         if parts.evaluate is not None:
             summary["eval"] = parts.evaluate(final.state)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        written_by_process_zero(lambda: write_summary(out_dir, summary), str(out_dir / "summary.json"))
         print(f"[prorank] stage {stage.number} done: {json.dumps(summary)}", flush=True)
     return summary
 
@@ -174,20 +175,54 @@ def check_batch_divides(batch_size: int, device_mesh, source: str) -> None:
         )
 
 
+def restore_iterator(train_iter, saved: dict | None, out_dir: Path) -> None:
+    """Continue the training iterator from this process's saved state, with the outcome agreed
+    by every process: one that cannot (its data changed) would otherwise leave the others
+    waiting in the first step's collective until JAX's shutdown timeout."""
+    import jax
+
+    from prorank_jax.multihost import any_process
+
+    problem = None
+    if saved:
+        try:
+            train_iter.set_state(saved)
+        except (ValueError, KeyError, TypeError) as err:  # a changed or malformed saved state
+            problem = f"{type(err).__name__}: {err}"
+    if any_process(problem is not None):
+        why = problem or "another process could not restore its data iterator state"
+        raise cfglib.RunConfigError(
+            f"{out_dir}: cannot resume the training data on process {jax.process_index()}: {why}; resume with the "
+            "data section the run was started with, or start a new run in another out_dir")
+
+
 def repeat_forever(data):
     """Training length is loop.steps; the training data repeats as often as that needs."""
     return dataclasses.replace(data, num_epochs=None)
 
 
+def write_summary(out_dir: Path, summary: dict) -> None:
+    with atomic_text_writer(out_dir / "summary.json") as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
+
+
 def save_final_model(out_dir: str | Path, params, config, tokenizer_dir, prompt_family: str | None = None) -> Path:
     """The final model as an HF folder in the run folder (what stage 2 and export start from),
-    with its prompt family in prorank.json (prompts.detect_prompt_family reads it back)."""
+    with its prompt family in prorank.json (prompts.detect_prompt_family reads it back).
+
+    Every process must call it: params split over processes are gathered to each host
+    (multihost.host_copy), then process 0 alone writes the folder and the others wait for it."""
     from prorank_jax import hf
+    from prorank_jax.multihost import host_copy
     from prorank_jax.prompts import PRORANK_FILE, prorank_file_text
     from prorank_jax.run_folder import FINAL_HF_DIR
 
     extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
-    return hf.save(params, config, Path(out_dir) / FINAL_HF_DIR, tokenizer_dir=tokenizer_dir, extra_files=extra)
+    folder = Path(out_dir) / FINAL_HF_DIR
+    whole = host_copy(params)
+    written_by_process_zero(
+        lambda: hf.save(whole, config, folder, tokenizer_dir=tokenizer_dir, extra_files=extra), str(folder))
+    return folder
 
 
 def _prompt_family(name: str):

@@ -51,7 +51,7 @@ from orbax.checkpoint import checkpoint_managers
 from prorank_jax import hf
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.files import atomic_text_writer, staged_dir
-from prorank_jax.preemption import any_process, sync_processes
+from prorank_jax.multihost import allgather_json, any_process, sync_processes
 from prorank_jax.run_folder import (CHECKPOINTS_DIR, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_DIR,
                                     missing_run_folder_parts)
 
@@ -389,6 +389,13 @@ class Checkpointer:
             )
         return None
 
+    def data_state(self, step: int) -> Mapping[str, Any] | None:
+        """The data_state saved with a complete step, read from its JSON item alone (no arrays)."""
+        meta, problem = _json_item(self.directory / str(int(step)), TRAIN_META)
+        if problem is not None:
+            raise CheckpointError(f"{self.directory / str(int(step))}: {problem}")
+        return meta.get("data_state")
+
     def _resolve_step(self, step: int | None) -> int:
         if step is None:
             latest = self.latest_step()
@@ -483,6 +490,43 @@ class Checkpointer:
                               f"  {listing}\n"
                               "the same error for every step usually means the model or optimizer differs "
                               "from the one that saved them")
+
+
+# ----------------------------------------------------------------------------- data state
+def data_state_to_save(local_iterator_state: Mapping[str, Any] | None, skipped_updates: int) -> dict:
+    """The data_state a training checkpoint records: every process's iterator state, in
+    process order, and the process count that saved them. A collective (all processes
+    call it at the same step); each grain iterator reads only its own process's shard, so
+    one process's state alone cannot resume the others."""
+    return {"iterators": allgather_json(local_iterator_state or {}), "process_count": jax.process_count(),
+            "skipped_updates": int(skipped_updates)}
+
+
+def iterator_state_of_this_process(data_state: Mapping[str, Any] | None, step_dir: str | os.PathLike,
+                                   process_index: int, process_count: int) -> dict | None:
+    """This process's saved iterator state ({} or None when none was saved).
+
+    A resume must run on the process count that saved the step: each process's state
+    is a position in its own shard, and the shards (and so the data order) are a
+    function of the process count. The answer is the same on every process (all read
+    the same train_meta), so a refusal happens everywhere before any collective.
+    """
+    data_state = data_state or {}
+    if "iterators" in data_state:
+        saved = int(data_state.get("process_count", len(data_state["iterators"])))
+        states = data_state["iterators"]
+    elif data_state.get("iterator"):
+        saved, states = 1, [data_state["iterator"]]  # written before every process's state was kept
+    else:
+        return None
+    if saved != process_count or len(states) != process_count:
+        raise CheckpointError(
+            f"{step_dir}: saved by a run of {saved} process(es), resumed with {process_count}; the data "
+            f"iterators' positions belong to the {saved}-process data order. Resume with {saved} processes "
+            f"(the same hosts/--num-processes), or start a new run in another out_dir with model.path set to "
+            f"this run folder (its weights, a fresh data order and optimizer)"
+        )
+    return states[process_index] or None
 
 
 # ----------------------------------------------------------------------------- run folder

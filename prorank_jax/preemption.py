@@ -15,31 +15,10 @@ import signal
 import threading
 from typing import Iterator
 
-import jax
-import numpy as np
+# The agreement stop_requested uses; sync_processes is re-exported for older callers.
+from prorank_jax.multihost import any_process, sync_processes  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-def any_process(flag: bool) -> bool:
-    """True on every process when flag is True on at least one of them.
-
-    A collective on multi-process runs (every process must call it, the same number
-    of times); free on a single process.
-    """
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
-
-
-def sync_processes(name: str) -> None:
-    """Wait until every process got here (name tells barriers apart); free on one process."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class _Preemption:

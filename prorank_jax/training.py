@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from prorank_jax import sharding as shd
+from prorank_jax.multihost import allgather_json
 from prorank_jax.status import STATUS
 
 
@@ -246,11 +247,45 @@ Batches = Iterator[Mapping[str, Any]]
 
 @dataclasses.dataclass
 class StepOutput:
-    """What a stage's batch producer hands the loop for one step."""
+    """What a stage's batch producer hands the loop for one step.
+
+    host_metrics are this process's values for its own rows: a mean over
+    host_weights[name] items (default 1), or, for a name in host_totals, this process's
+    share of a per-step total. The loop reduces them over processes and steps
+    (reduce_host_metrics), so a multi-process run logs what one process logs for the
+    same global batch."""
 
     batch: Mapping[str, Any]
     host_metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     tokens: int = 0  # tokens processed this step (for tokens/s)
+    host_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    host_totals: frozenset[str] = frozenset()
+
+
+def host_window(outputs: list[StepOutput]) -> dict[str, list[float]]:
+    """{name: [weighted sum, weight]} of one process's host metrics over a log window; a
+    total's weight is its number of steps (the same on every process)."""
+    window: dict[str, list[float]] = {}
+    for out in outputs:
+        for name, value in out.host_metrics.items():
+            weight = 1.0 if name in out.host_totals else float(out.host_weights.get(name, 1.0))
+            entry = window.setdefault(name, [0.0, 0.0])
+            entry[0] += float(value) * weight
+            entry[1] += weight
+    return window
+
+
+def reduce_host_metrics(windows: list[Mapping[str, list[float]]], totals: frozenset[str]) -> dict[str, float]:
+    """The logged value of each host metric from every process's host_window: a mean is
+    (sum of weighted sums) / (sum of weights) over processes; a total is summed over
+    processes and averaged over the window's steps."""
+    names = list(windows[0]) if windows else []
+    reduced = {}
+    for name in names:
+        value = sum(w[name][0] for w in windows)
+        weight = windows[0][name][1] if name in totals else sum(w[name][1] for w in windows)
+        reduced[name] = value / weight if weight else float("nan")
+    return reduced
 
 
 def step_rng(base: jax.Array, step: int) -> jax.Array:
@@ -285,22 +320,24 @@ def run_loop(
 
     Device metrics are fetched to the host only at log steps, so the loop does not
     wait on every update. Checkpoints hold the loop step, params, optimizer state,
-    the run's base RNG key, {"iterator": data_state(), "skipped_updates": n} and the
-    checkpointer's run_config. A SIGTERM (preemption) makes the loop save the current
-    step and return early; on multi-process runs all processes stop at the same step
-    when any of them got the signal.
+    the run's base RNG key, every process's data_state() with the process count and the
+    skipped updates (checkpoint.data_state_to_save), and the checkpointer's run_config.
+    A SIGTERM (preemption) makes the loop save the current step and return early; on
+    multi-process runs all processes stop at the same step when any of them got the signal.
     """
     from prorank_jax import preemption
 
     logger = MetricsLogger(out_dir, loop.steps, start_step, headline, loop.progress_bar, desc)
     pending: list[Mapping[str, Any]] = []
-    host_pending: list[Mapping[str, float]] = []
+    host_pending: list[StepOutput] = []
     tokens, window_start = 0, time.perf_counter()
     done = start_step
 
     def save(step: int) -> None:
         if checkpointer is not None:
-            extra = {"iterator": data_state() if data_state else {}, "skipped_updates": int(state.skipped)}
+            from prorank_jax.checkpoint import data_state_to_save
+
+            extra = data_state_to_save(data_state() if data_state else {}, int(state.skipped))
             checkpointer.save(step, params=state.params, opt_state=state.opt_state, rng=base_rng,
                               data_state=extra, force=True)
 
@@ -313,13 +350,15 @@ def run_loop(
                 out = produce(state, step_rng(base_rng, step))
                 state, metrics = train_step(state, out.batch)
                 pending.append(metrics)
-                host_pending.append(dict(out.host_metrics))
+                host_pending.append(dataclasses.replace(out, batch={}))  # the window keeps no batches
                 tokens += out.tokens
                 done = step + 1
                 if done % max(loop.log_every, 1) == 0 or done == loop.steps:
                     row = mean_metrics(pending)
-                    if host_pending and host_pending[0]:
-                        row.update({k: float(np.mean([h[k] for h in host_pending])) for k in host_pending[0]})
+                    if host_pending and host_pending[0].host_metrics:
+                        # A collective: every process logs at the same steps.
+                        row.update(reduce_host_metrics(allgather_json(host_window(host_pending)),
+                                                       host_pending[0].host_totals))
                     row["tokens_per_s"] = tokens / max(time.perf_counter() - window_start, 1e-9)
                     row["skipped_updates_total"] = int(state.skipped)
                     logger.log(done, row)

@@ -89,7 +89,16 @@ class GRPOStage:
                                  self.sampler, self.tokenizer)
         # The tokens the update runs through the model: each prompt once, then its completions.
         tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
-        return training.StepOutput(batch=batch, host_metrics=metrics, tokens=tokens)
+        return training.StepOutput(batch=batch, host_metrics=metrics, tokens=tokens,
+                                   host_weights=rollout_metric_weights(metrics, batch, self.grpo.group_size))
+
+
+def rollout_metric_weights(metrics, batch, group_size: int) -> dict[str, int]:
+    """How many items each of rollout()'s means is over on this process: the per-group
+    ones over its groups, the others over its completions."""
+    completions = int(batch["completion_ids"].shape[0])
+    per_group = {"reward_std_in_group", "groups_without_signal"}
+    return {name: completions // group_size if name in per_group else completions for name in metrics}
 
 
 def greedy_accuracy(params, config: ModelConfig, batches, tokenizer, sampler: sampling.SamplingConfig,

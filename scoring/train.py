@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prorank_jax import sharding as shd
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
 from prorank_jax.data.examples import GroupExample
@@ -175,6 +176,22 @@ def validation_reranker(config: ModelConfig, params, tokenizer, *, max_length: i
 
 
 # ----------------------------------------------------------------------------- the stage
+def agree_group_width(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Left-pad this process's [B, 1+k, L] group prompts to the widest L over all processes.
+
+    Each process's iterator pads its batch to its own length bucket, but one step's global
+    arrays need one shape: processes compiling different widths abort in the step's first
+    collective. The widest local bucket is a bucket too, and positions come from the mask,
+    so the scores do not change."""
+    length = batch["input_ids"].shape[-1]
+    pad = shd.max_over_processes(length) - length
+    if not pad:
+        return dict(batch)
+    widths = ((0, 0), (0, 0), (pad, 0))
+    return {**batch, "input_ids": np.pad(batch["input_ids"], widths),
+            "attention_mask": np.pad(batch["attention_mask"], widths)}
+
+
 @dataclasses.dataclass
 class ScoreStage:
     """Everything one stage-2 run holds between steps (built by launch/train_score.py).
@@ -192,12 +209,14 @@ class ScoreStage:
 
     def produce(self, state: training.TrainState, rng: jax.Array) -> training.StepOutput:
         del state, rng  # stage 2 draws nothing at random on the device side
-        batch = next(self.batches)
+        batch = agree_group_width(next(self.batches))
         real = int(np.sum(batch["attention_mask"]))
         total = int(np.size(batch["attention_mask"]))
         host = {"documents": float(np.sum(np.asarray(batch["doc_mask"]) * np.asarray(batch["example_mask"])[:, None])),
                 "padding_fraction": 1.0 - real / max(total, 1)}
-        return training.StepOutput(batch=batch, host_metrics=host, tokens=real)
+        # documents: this process's part of the step's count; padding: a fraction of its tokens
+        return training.StepOutput(batch=batch, host_metrics=host, tokens=real,
+                                   host_weights={"padding_fraction": total}, host_totals=frozenset({"documents"}))
 
     def validate(self, params) -> dict[str, float]:
         """nDCG@10 and RR@10 of `params` on the validation set (rerank_validation)."""

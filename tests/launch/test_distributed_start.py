@@ -1,0 +1,126 @@
+"""Joining a multi-process run (launch.runner.maybe_initialize_distributed): a busy
+coordinator port is named before JAX starts, JAX's timeouts are settings, and a process
+whose partners never come ends within the timeout it was given, saying what it waited for.
+
+Before issue 25 a busy port crashed process 0 (SIGSEGV) while process 1 waited 200 s in
+silence, and a missing process meant 307 s of silence, then "DEADLINE_EXCEEDED ... RegisterTask".
+A refusal on process 0 alone (it checks and writes the run metadata) now ends every process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import json
+
+import jax
+import pytest
+
+from launch import runner
+from tests.helpers.env import xla_flags
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def joined(monkeypatch):
+    """jax.distributed.initialize replaced by a recorder of its arguments."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    for name in ("PRORANK_DISTRIBUTED", *runner.DISTRIBUTED_TIMEOUTS):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def _distributed_env(monkeypatch, port: int, process_id: int = 0) -> None:
+    monkeypatch.setenv("PRORANK_COORDINATOR", f"localhost:{port}")
+    monkeypatch.setenv("PRORANK_NUM_PROCESSES", "2")
+    monkeypatch.setenv("PRORANK_PROCESS_ID", str(process_id))
+
+
+def test_a_busy_coordinator_port_is_named_before_jax_starts(monkeypatch, joined):
+    with socket.socket() as busy:
+        busy.bind(("localhost", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _distributed_env(monkeypatch, port)
+        with pytest.raises(ValueError, match=f"port {port} is already in use on this host"):
+            runner.maybe_initialize_distributed()
+        _distributed_env(monkeypatch, port, process_id=1)  # only process 0 serves on it
+        runner.maybe_initialize_distributed()
+    assert joined == [{"coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": 1}]
+
+
+def test_timeouts_are_settings_passed_to_jax(monkeypatch, joined):
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    _distributed_env(monkeypatch, port)
+    monkeypatch.setenv("PRORANK_INIT_TIMEOUT_S", "20")
+    monkeypatch.setenv("PRORANK_HEARTBEAT_TIMEOUT_S", "15")
+    monkeypatch.setenv("PRORANK_SHUTDOWN_TIMEOUT_S", "30")
+    runner.maybe_initialize_distributed()
+    assert joined[-1] == {"coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": 0,
+                          "initialization_timeout": 20, "heartbeat_timeout_seconds": 15,
+                          "shutdown_timeout_seconds": 30}
+    monkeypatch.setenv("PRORANK_INIT_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="PRORANK_INIT_TIMEOUT_S='soon': expected an integer >= 1"):
+        runner.maybe_initialize_distributed()
+
+
+def test_a_missing_process_ends_the_run_within_its_timeout(tmp_path):
+    """Process 0 of 2 started alone, PRORANK_INIT_TIMEOUT_S=5: it ends (JAX aborts it) well
+    within a minute, after a line that says what it waited for."""
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags(),
+               PRORANK_COORDINATOR=f"localhost:{port}", PRORANK_NUM_PROCESSES="2", PRORANK_PROCESS_ID="0",
+               PRORANK_INIT_TIMEOUT_S="5")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny",
+                           f"out_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert elapsed < 60, elapsed
+    assert (f"[prorank] process 0 of 2: joining the coordinator at localhost:{port}; waiting up to 5 s "
+            "for all 2 processes (PRORANK_INIT_TIMEOUT_S)") in output
+    assert "DEADLINE_EXCEEDED" in output
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def _process_env(port: int, process_id: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags(),
+                PRORANK_COORDINATOR=f"localhost:{port}", PRORANK_NUM_PROCESSES="2",
+                PRORANK_PROCESS_ID=str(process_id))
+
+
+def test_a_refusal_on_process_0_alone_ends_every_process(tmp_path):
+    """out_dir was trained with another model: process 0, which alone checks and writes the run
+    metadata, refuses; before issue 25 process 1 went on into the restore's collectives and
+    waited for JAX's timeouts (~300 s). Now it hears of the refusal and ends too (~10 s)."""
+    (tmp_path / "model_config.json").write_text(json.dumps({"model_type": "another model"}))
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
+               "model.path=null", "eval_data=null", "loop.progress_bar=false"]
+    procs = [subprocess.Popen(command, cwd=REPO, env=_process_env(port, i), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        (out0, _), (out1, _) = (proc.communicate(timeout=150) for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert procs[0].returncode != 0 and "this run folder was trained with a different model" in out0, out0[-3000:]
+    assert procs[1].returncode != 0, out1[-3000:]
+    assert (f"process 0 could not write the run metadata (run_config.json, model_config.json, tokenizer/) "
+            f"in {tmp_path}") in out1, out1[-3000:]

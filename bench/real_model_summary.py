@@ -2,7 +2,7 @@
 
     python -m bench.real_model_summary OUT_DIR
 
-Reads OUT_DIR/eval/suite.md (evaluate's table), the stage-1 run's metrics.jsonl (the greedy
+Reads evaluate's per-model metrics.json under OUT_DIR/eval/cranfield/, the stage-1 run's metrics.jsonl (the greedy
 evaluation on held-out pairs before the first step and after the last, and the sampled
 reward / format rate of the first and last logged steps), the stage-2 run's metrics.jsonl
 (the loss of the first and last logged steps) and OUT_DIR/times.tsv (the minutes of each step).
@@ -17,6 +17,26 @@ from pathlib import Path
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+MODELS = (("zero-shot", "zero-shot SmolLM2-135M-Instruct"), ("stage1", "stage 1 (GRPO)"), ("stage2", "stage 2 (score)"))
+MEASURES = ("nDCG@10", "RR@10", "AP", "R@10")
+
+
+def ranking_section(eval_dir: Path) -> list[str]:
+    """BM25 and each model's reranking of its top 10, from evaluate's metrics.json files."""
+    folders = {f.name: f for f in eval_dir.iterdir() if (f / "metrics.json").exists()}
+    reports = {}
+    for suffix, label in MODELS:
+        match = [f for name, f in folders.items() if name.endswith(f"_{suffix}") or name == suffix]
+        reports[label] = json.loads((match[0] / "metrics.json").read_text())
+    first = next(iter(reports.values()))
+    lines = [f"| system ({first['n_queries']} test queries) | " + " | ".join(MEASURES) + " |",
+             "|---|" + "---|" * len(MEASURES)]
+    rows = [("BM25 (stemmed)", first["metrics"]["first-stage"])]
+    rows += [(f"BM25 + {label}", report["metrics"]["reranked"]) for label, report in reports.items()]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in MEASURES) + " |" for name, m in rows]
+    return lines
 
 
 def stage1_section(rows: list[dict]) -> list[str]:
@@ -58,7 +78,7 @@ def times_section(path: Path) -> list[str]:
 
 def summary(out: Path) -> str:
     lines = ["# SmolLM2-135M-Instruct on Cranfield: BM25 top 10 reranked (held-out test queries)", ""]
-    lines += (out / "eval" / "suite.md").read_text().strip().splitlines()
+    lines += ranking_section(out / "eval" / "cranfield")
     lines += [""] + stage1_section(read_metrics(out / "stage1" / "metrics.jsonl"))
     lines += stage2_section(read_metrics(out / "stage2" / "metrics.jsonl"))
     lines += times_section(out / "times.tsv")

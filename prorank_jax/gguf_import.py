@@ -18,6 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from prorank_jax import hf
 from prorank_jax.config import ModelConfig
 from prorank_jax.status import STATUS
@@ -101,7 +104,7 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype:
         # hf.save assembles the folder beside out_dir and renames it into place.
         hf.save(params, config, out_dir, tokenizer_dir=tokenizer_dir)
     STATUS.info("imported %s (%s, %s parameters, %s) to %s", gguf_file, held["architecture"],
-                f"{sum(int(t.size) for t in tensors.values() if t is not None):,}", dtype, out_dir)
+                f"{sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params)):,}", dtype, out_dir)
     return Path(out_dir)
 
 

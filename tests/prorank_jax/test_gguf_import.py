@@ -74,12 +74,12 @@ def test_imported_folder_gives_transformers_gguf_logits(source, tmp_path, quanti
 
 
 def test_bfloat16_import_through_the_cli(source, tmp_path):
-    _, _, files = source
+    _, torch_model, files = source
     out = tmp_path / "bf16"
     done = subprocess.run([sys.executable, "-m", "launch.cli", "import-gguf", str(files[None]), str(out),
                            "--dtype", "bfloat16"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"imported {files[None]}" in done.stdout
+    assert f"imported {files[None]} (llama, {torch_model.num_parameters():,} parameters" in done.stdout
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     tensors = hf.read_safetensors(out / "model.safetensors")
     assert {str(t.dtype) for t in tensors.values()} == {"bfloat16"}

@@ -67,6 +67,11 @@ def setup_for(topology_name: str, sections: dict, updates_per_step: int = 1) -> 
     config, cfg_file = model_config_of(source)
     m = sections["mesh"]
     mesh = shd.make_mesh(m.data, m.fsdp, m.tensor, devices=devices)
+    # The batch must split over the slice's chips as a run's must over its devices; the
+    # same check, before the compiler meets it as a sharding error.
+    from launch.stage_runner import check_batch_divides
+
+    check_batch_divides(sections["data"].batch_size, mesh, f"--compile-for {topology_name}", aot.process_count(devices))
     tx = training.make_optimizer(sections["optimizer"], sections["loop"].steps * updates_per_step)
     shapes = jax.eval_shape(lambda p: training.init_train_state(p, tx), abstract_params(config, source.init_seed))
     state_sharding = training.state_shardings(shapes, tx, mesh)

@@ -160,17 +160,19 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
     return summary
 
 
-def check_batch_divides(batch_size: int, device_mesh, source: str) -> None:
+def check_batch_divides(batch_size: int, device_mesh, source: str, processes: int | None = None) -> None:
     """Every process's data.batch_size rows together must split evenly over the mesh's batch
-    axes (sharding.batch_divisor); said before anything is loaded, in the config's terms."""
+    axes (sharding.batch_divisor); said before anything is loaded, in the config's terms.
+    processes: how many run the job (default this job's; --compile-for passes the slice's)."""
     import jax
 
     from prorank_jax import sharding as shd
 
     divisor = shd.batch_divisor(device_mesh)
-    if (batch_size * jax.process_count()) % divisor:
+    processes = jax.process_count() if processes is None else processes
+    if (batch_size * processes) % divisor:
         raise cfglib.RunConfigError(
-            f"{source}: data.batch_size={batch_size} (x {jax.process_count()} processes) must be a multiple "
+            f"{source}: data.batch_size={batch_size} (x {processes} processes) must be a multiple "
             f"of the mesh's batch split, {divisor} (mesh {dict(device_mesh.shape)})"
         )
 

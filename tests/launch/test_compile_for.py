@@ -159,3 +159,13 @@ def test_a_llama_compiles_for_a_tpu(tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "compile_report.json").read_text())
     assert report["fits"] is True and [p["name"] for p in report["programs"]] == ["score train step"]
     assert report["programs"][0]["flops"] > 0
+
+
+def test_a_batch_that_does_not_split_over_the_slice_is_a_config_error(tmp_path, capsys):
+    """2 groups cannot split over a v5e-8's 8 chips: said in the config's terms before compiling,
+    not as the compiler's sharding error."""
+    code = cli.main(["train-score", "--config", "score_tiny", "--compile-for", "v5e:2x4", "model.path=null",
+                     "data.batch_size=2", "eval_data=null", f"out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "data.batch_size=2 (x 1 processes) must be a multiple of the mesh's batch split, 8" in err

@@ -190,6 +190,38 @@ def _retry_after(seconds: float | None) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- app
+def install_error_handlers(app: FastAPI, metrics) -> None:
+    """Every refusal in one shape (error_body) and counted by kind: validation 422s, our
+    ApiErrors, Starlette's 404 / 405, and anything unexpected as a logged 500."""
+    def _error(status: int, message: str, kind: str, detail: Any = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.errors.labels(kind).inc()
+        return JSONResponse(error_body(message, kind, detail), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = list(exc.errors())
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        return _error(422, validation_message(errors), "validation", detail)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        what = {404: f"path: {request.url.path} is not an endpoint of this server (see /docs)",
+                405: f"method: {request.method} is not allowed on {request.url.path}"}
+        return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)),
+                      kinds.get(exc.status_code, "http"), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("request failed")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", "internal")
+
+
 def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app serving `reranker` (a scoring.reranker.Reranker)."""
     settings = settings or ServerSettings()
@@ -246,34 +278,7 @@ def create_app(reranker, settings: ServerSettings | None = None) -> FastAPI:
         RERANK_ENDPOINTS))
     app.state.batcher, app.state.metrics, app.state.ladder = batcher, metrics, ladder
 
-    # ------------------------------------------------------------------------- errors
-    def _error(status: int, message: str, kind: str, detail: Any = None,
-               headers: dict[str, str] | None = None) -> JSONResponse:
-        metrics.errors.labels(kind).inc()
-        return JSONResponse(error_body(message, kind, detail), status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        errors = list(exc.errors())
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-        return _error(422, validation_message(errors), "validation", detail)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.kind, exc.detail, exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        kinds = {404: "not_found", 405: "method_not_allowed"}
-        what = {404: f"path: {request.url.path} is not an endpoint of this server (see /docs)",
-                405: f"method: {request.method} is not allowed on {request.url.path}"}
-        return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)),
-                      kinds.get(exc.status_code, "http"), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        log.exception("request failed")
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}", "internal")
+    install_error_handlers(app, metrics)
 
     # ------------------------------------------------------------------------- auth
     def require_api_key(request: Request) -> None:

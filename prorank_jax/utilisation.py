@@ -41,17 +41,15 @@ _GPU_PEAK_BF16 = (
     ("a100", 312e12),
 )
 
-# Leaves under these names are not counted as matmul weights (see the module docstring).
-_NOT_MATMUL = ("embed_tokens", "lm_head")
-
-
 def matmul_params(params: Any) -> int:
-    """Matmul weights of a params pytree: every leaf of rank >= 2 outside the embedding and
-    the LM head. Works on sharded global arrays and ShapeDtypeStructs (only shapes are read)."""
+    """Matmul weights of a params pytree: every `kernel` leaf (a Dense layer's; HF's
+    *_proj.weight) but the LM head's. Biases and norms (rank 2 when layers are scanned)
+    and the embedding table are not matmuls. Works on sharded global arrays and
+    ShapeDtypeStructs (only shapes are read)."""
     total = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = {str(getattr(k, "key", getattr(k, "name", k))) for k in path}
-        if len(np.shape(leaf)) >= 2 and not names.intersection(_NOT_MATMUL):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        if names and names[-1] == "kernel" and "lm_head" not in names:
             total += int(np.prod(np.shape(leaf)))
     return total
 

@@ -106,3 +106,20 @@ def wandb_scalars(rows) -> dict[tuple[int, str], list[float]]:
 def profile_traces(out_dir) -> list[Path]:
     """The xplane traces jax.profiler wrote under <out_dir>/profile."""
     return sorted((Path(out_dir) / "profile").glob("plugins/profile/*/*.xplane.pb"))
+
+
+def assert_mfu_of_the_run(out_dir, rows, updates_per_step: int = 1) -> None:
+    """Every training row's mfu is its tokens' model FLOPs over the peak: mfu / tokens_per_s =
+    6 x the run's matmul weights (its hf/config.json model) x updates per step / peak."""
+    import jax
+
+    from prorank_jax import model, utilisation
+    from prorank_jax.config import ModelConfig
+
+    config = ModelConfig.from_hf(Path(out_dir) / "hf")
+    shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+    per_token = 6 * utilisation.matmul_params(shapes) * updates_per_step / utilisation.peak_flops()
+    train = [r for r in rows if "loss" in r]
+    assert train and all(r["mfu"] > 0 for r in train)
+    for row in train:
+        assert abs(row["mfu"] / row["tokens_per_s"] / per_token - 1) < 1e-9, row

@@ -2,7 +2,8 @@
 
 The trace goes to <out_dir>/profile in the layout TensorBoard's profile plugin (XProf) and
 Perfetto read: plugins/profile/<timestamp>/<host>.xplane.pb (+ .trace.json.gz). Every
-process traces its own host. Each step runs inside a StepTraceAnnotation("train",
+process traces its own host; with several processes each writes under
+profile/process_<i>, because processes sharing a host would write the same file name. Each step runs inside a StepTraceAnnotation("train",
 step_num=...), so the plugin's step view splits the trace per step. The trace is stopped
 only after the last traced step's device work has finished, so that work is in it.
 
@@ -31,6 +32,12 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in str(path)
 
 
+def profile_dir(out_dir: str | os.PathLike, process_index: int, process_count: int) -> epath.Path:
+    """Where a process's trace goes (each TensorBoard run folder of the plugin is one process)."""
+    folder = epath.Path(str(out_dir)) / FOLDER
+    return folder if process_count == 1 else folder / f"process_{process_index}"
+
+
 class StepProfiler:
     """Starts a trace before step `first` runs and stops it after step `last` (loop step
     numbers as metrics.jsonl counts them: step s is the update that makes s updates done).
@@ -38,7 +45,7 @@ class StepProfiler:
 
     def __init__(self, out_dir: str | os.PathLike, steps: tuple[int, int] | None):
         self.first, self.last = steps if steps else (None, None)
-        self.target = epath.Path(str(out_dir)) / FOLDER
+        self.target = profile_dir(out_dir, jax.process_index(), jax.process_count())
         self._trace_dir: str | None = None
         self.done = False
 

@@ -106,6 +106,15 @@ def test_the_progress_bar_shows_headline_tokens_per_second_and_mfu():
         "loss": "1.39", "accuracy": "0", "tok/s": "4,872", "mfu": "4.93%"}
 
 
+def test_each_process_of_several_traces_into_its_own_folder(tmp_path):
+    from prorank_jax.profiling import profile_dir
+
+    assert str(profile_dir(tmp_path, 0, 1)) == str(tmp_path / "profile")
+    # Two processes on one host would both write <host>.xplane.pb into one folder.
+    assert str(profile_dir(tmp_path, 1, 2)) == str(tmp_path / "profile" / "process_1")
+    assert str(profile_dir("gs://bucket/run", 0, 4)) == "gs://bucket/run/profile/process_0"
+
+
 # ----------------------------------------------------------------------------- config validation
 @pytest.mark.parametrize("value, message", [
     ([3, 1], r"1 <= first <= last <= loop.steps=4"),

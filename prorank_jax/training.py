@@ -262,7 +262,7 @@ class MetricsLogger:
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
             for sink in self._sinks:
-                sink.log_row(row)
+                _watching(sink.log_row, row)
         postfix = progress_postfix(row, self.headline)
         if self._bar is not None and postfix:
             self._bar.set_postfix(postfix)
@@ -279,7 +279,17 @@ class MetricsLogger:
             self._bar.close()
         self._file.close()
         for sink in self._sinks:
-            sink.close()
+            _watching(sink.close)
+
+
+def _watching(call: Callable, *args) -> None:
+    """A TensorBoard or W&B write that fails (a bucket's transient error, W&B's service) is
+    logged, not raised: watching must not end a run, and metrics.jsonl still has every row."""
+    try:
+        call(*args)
+    except Exception as err:  # noqa: BLE001 - any failure of an optional sink
+        log.warning("%s failed (%s: %s); training goes on, metrics.jsonl has every row",
+                    getattr(call, "__qualname__", call), type(err).__name__, err)
 
 
 def progress_postfix(row: Mapping[str, Any], headline: tuple[str, ...]) -> dict[str, str]:

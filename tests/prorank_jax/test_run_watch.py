@@ -115,6 +115,26 @@ def test_each_process_of_several_traces_into_its_own_folder(tmp_path):
     assert str(profile_dir("gs://bucket/run", 0, 4)) == "gs://bucket/run/profile/process_0"
 
 
+def test_a_failing_watcher_is_logged_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
+    logger = training.MetricsLogger(tmp_path, total_steps=2, progress_bar=False, tensorboard=True)
+    (writer,) = logger._sinks
+    writer.flush_every_s = 0
+
+    def unavailable():
+        raise OSError("503 from the bucket")
+
+    monkeypatch.setattr(writer, "flush", unavailable)
+    with caplog.at_level("WARNING", logger="prorank_jax.training"):
+        logger.log(1, {"loss": 0.5})
+    monkeypatch.undo()  # the bucket is back
+    logger.log(2, {"loss": 0.25})
+    logger.close()
+    assert [r["loss"] for r in training.read_metrics(tmp_path)] == [0.5, 0.25]
+    assert "OSError: 503 from the bucket" in caplog.text and "training goes on" in caplog.text
+    # The row whose write failed goes out with the next one.
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {(1, "loss"): [0.5], (2, "loss"): [0.25]}
+
+
 # ----------------------------------------------------------------------------- config validation
 @pytest.mark.parametrize("value, message", [
     ([3, 1], r"1 <= first <= last <= loop.steps=4"),

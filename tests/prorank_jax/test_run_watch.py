@@ -235,3 +235,30 @@ def test_the_profile_traces_the_chosen_steps_of_the_train_step(watched_run):
     data = trace.read_bytes()
     assert b"jit_train_step" in data  # the update's program, by the name make_train_step gives it
     assert b"train" in data and b"step_num" in data  # the StepTraceAnnotation of each traced step
+
+
+# ----------------------------------------------------------------------------- a bucket
+def test_event_files_and_a_profile_reach_a_bucket_whole(tmp_path, monkeypatch):
+    """On a GCS emulator (tests/helpers/gcs_emulator.py, from the gs:// path work of issue 28;
+    skipped on a tree without it): the event files are objects written whole, TensorBoard's
+    reader reads them from the bucket (through gcsfs), and a profile traced locally is copied in."""
+    gcs = pytest.importorskip("tests.helpers.gcs_emulator")
+    from etils import epath
+
+    from prorank_jax.profiling import copy_tree
+
+    with gcs.gcs_emulator("watch", tmp_path / "gcs") as url:
+        for name, value in gcs.client_env(url).items():
+            monkeypatch.setenv(name, value)
+        writer = ScalarEventWriter("gs://watch/run/tensorboard", rows_per_file=2, flush_every_s=0)
+        rows = [{"step": s, "time": 100.0 + s, "loss": 1.0 / s} for s in range(1, 6)]
+        for row in rows:
+            writer.log_row(row)
+        writer.close()
+        assert len(list(epath.Path("gs://watch/run/tensorboard").iterdir())) == 3
+        assert_same_scalars(tensorboard_scalars("gs://watch/run/tensorboard"), metrics_scalars(rows), float32=True)
+        local = tmp_path / "trace" / "plugins" / "profile" / "t"
+        local.mkdir(parents=True)
+        (local / "host.xplane.pb").write_bytes(b"trace bytes")
+        copy_tree(str(tmp_path / "trace"), epath.Path("gs://watch/run/profile"))
+        assert epath.Path("gs://watch/run/profile/plugins/profile/t/host.xplane.pb").read_bytes() == b"trace bytes"

@@ -237,7 +237,7 @@ class MetricsLogger:
         self.headline = headline
         self.total_steps = total_steps
         self._bar = None
-        self._sinks: list[Any] = []  # each has log(step, scalars) and close()
+        self._sinks: list[Any] = []  # each has log_row(row) and close()
         if jax.process_index() != 0:
             return
         if progress_bar:

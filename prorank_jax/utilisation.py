@@ -110,8 +110,9 @@ def peak_flops(devices: Iterable | None = None) -> float | None:
         if device.platform == "cpu":
             cpu_processes.add(device.process_index)
             continue
-        peak, _ = device_peak_flops(device)
+        peak, source = device_peak_flops(device)
         if peak is None:
+            log.warning("no peak FLOP/s known for %s (%s): the metrics carry no mfu", device.device_kind, source)
             return None
         total += peak
     if cpu_processes:

@@ -15,7 +15,6 @@ name order, and names sort in writing order: start time, host, process, file num
 from __future__ import annotations
 
 import io
-import logging
 import os
 import socket
 import time
@@ -23,7 +22,6 @@ from typing import Mapping
 
 from etils import epath
 
-log = logging.getLogger(__name__)
 
 FOLDER = "tensorboard"
 

@@ -110,7 +110,8 @@ def profile_traces(out_dir) -> list[Path]:
 
 def assert_mfu_of_the_run(out_dir, rows, updates_per_step: int = 1) -> None:
     """Every training row's mfu is its tokens' model FLOPs over the peak: mfu / tokens_per_s =
-    6 x the run's matmul weights (its hf/config.json model) x updates per step / peak."""
+    6 x the run's matmul weights (its hf/config.json model) x updates per step / peak.
+    The run must have trained in this process: on CPU the peak is this process's measurement."""
     import jax
 
     from prorank_jax import model, utilisation

@@ -147,6 +147,7 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
         state=run.state, start_step=run.resumed_from or 0, train_step=parts.train_step, produce=parts.produce,
         loop=sections["loop"], out_dir=out_dir, base_rng=run.base_rng, checkpointer=run.checkpointer,
         data_state=train_iter.get_state, evaluate=parts.evaluate, headline=stage.headline, desc=stage.kind,
+        updates_per_step=stage.updates_per_step(sections),
     )
     run.checkpointer.close()
     summary = {"out_dir": str(out_dir), "steps": sections["loop"].steps}

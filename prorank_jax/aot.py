@@ -79,6 +79,16 @@ _GENERATION_ALIASES = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5lite": "
                        "v6e": "v6e", "v6lite": "v6e"}
 
 
+def chip_of_device_kind(device_kind: str) -> ChipSpec | None:
+    """The chip a running TPU device is, from the device_kind jax reports ("TPU v4",
+    "TPU v5 lite", "TPU v5p", "TPU v6 lite"); None for anything else (CPU, GPU, an unknown TPU)."""
+    text = device_kind.strip().lower()
+    if not text.startswith("tpu"):
+        return None
+    generation = _GENERATION_ALIASES.get(re.sub(r"[\s_-]", "", text[3:]))
+    return CHIPS[generation] if generation else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
     """A TPU slice: generation, chip grid, and the chips each host (VM worker) holds."""

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
 from prorank_jax import sharding as shd
 from prorank_jax.multihost import allgather_json
 from prorank_jax.status import STATUS
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,11 @@ class LoopConfig:
     checkpoint is always written). With eval_every > 0 a fresh run also evaluates
     the starting model (logged as step 0), so every validation curve has its baseline.
     max_to_keep bounds the checkpoints on disk.
+
+    Watching a run: tensorboard writes every metrics.jsonl scalar to <out_dir>/tensorboard
+    as well; wandb ({project: NAME, ...}, the keys of wandb.init) logs them to Weights &
+    Biases; profile_steps [first, last] traces those steps (as metrics.jsonl numbers them)
+    with jax.profiler into <out_dir>/profile.
     """
 
     steps: int = 100
@@ -78,6 +87,9 @@ class LoopConfig:
     max_to_keep: int = 2
     async_checkpointing: bool = True
     progress_bar: bool = True
+    tensorboard: bool = True
+    wandb: Optional[Mapping[str, Any]] = dataclasses.field(default=None, hash=False)
+    profile_steps: Optional[tuple[int, int]] = None
 
     def __post_init__(self):
         if self.steps <= 0:
@@ -85,6 +97,23 @@ class LoopConfig:
         for name in ("log_every", "eval_every", "save_every", "max_to_keep"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loop.{name}={getattr(self, name)} must be >= 0")
+        from prorank_jax.wandb_logging import check_wandb_config
+
+        object.__setattr__(self, "wandb", check_wandb_config(self.wandb))
+        object.__setattr__(self, "profile_steps", check_profile_steps(self.profile_steps, self.steps))
+
+
+def check_profile_steps(value, steps: int) -> tuple[int, int] | None:
+    """loop.profile_steps as (first, last): two loop steps with 1 <= first <= last <= loop.steps."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"loop.profile_steps={value!r} must be two step numbers [first, last]")
+    first, last = value
+    if not 1 <= first <= last <= steps:
+        raise ValueError(f"loop.profile_steps={list(value)} must satisfy 1 <= first <= last <= loop.steps={steps}")
+    return (first, last)
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
@@ -163,12 +192,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     state by the rule table, every batch array split on its leading axis."""
     batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v), rules) for k, v in batch_example.items()}
 
-    def step(state: TrainState, batch):
+    # Named so that a profile's trace shows the update as jit_train_step.
+    def train_step(state: TrainState, batch):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         return apply_gradients(state, loss, aux, grads, optimizer)
 
     return jax.jit(
-        step,
+        train_step,
         in_shardings=(state_sharding, batch_sh),
         out_shardings=(state_sharding, shd.replicated(mesh)),
         donate_argnums=(0,) if donate else (),
@@ -193,20 +223,35 @@ def lazy_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
 # ----------------------------------------------------------------------------- metrics
 class MetricsLogger:
-    """Appends one JSON object per logged step to <out>/metrics.jsonl (flushed each time)
-    and keeps a tqdm bar with a few headline numbers."""
+    """Appends one JSON object per logged step to <out>/metrics.jsonl (flushed each time),
+    writes the same scalars to TensorBoard event files (<out>/tensorboard, unless
+    tensorboard=False) and to W&B when `wandb` configures it, and keeps a tqdm bar with a
+    few headline numbers, tokens/s and MFU. Only process 0 writes anything."""
 
     def __init__(self, out_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
-                 headline: tuple[str, ...] = ("loss",), progress_bar: bool = True, desc: str = "train"):
+                 headline: tuple[str, ...] = ("loss",), progress_bar: bool = True, desc: str = "train",
+                 tensorboard: bool = False, wandb: Mapping[str, Any] | None = None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")
         self.headline = headline
+        self.total_steps = total_steps
         self._bar = None
-        if progress_bar and jax.process_index() == 0:
+        self._sinks: list[Any] = []  # each has log_row(row) and close()
+        if jax.process_index() != 0:
+            return
+        if progress_bar:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        if tensorboard:
+            from prorank_jax.tensorboard_events import FOLDER, ScalarEventWriter
+
+            self._sinks.append(ScalarEventWriter(epath.Path(str(out_dir)) / FOLDER))
+        if wandb:
+            from prorank_jax.wandb_logging import WandbRun, read_run_config
+
+            self._sinks.append(WandbRun(wandb, out_dir, read_run_config(out_dir)))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict:
         row = {"step": int(step), "time": round(time.time(), 3)}
@@ -216,8 +261,13 @@ class MetricsLogger:
         if jax.process_index() == 0:
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
-        if self._bar is not None:
-            self._bar.set_postfix({k: f"{row[k]:.4g}" for k in self.headline if isinstance(row.get(k), float)})
+            for sink in self._sinks:
+                _watching(sink.log_row, row)
+        postfix = progress_postfix(row, self.headline)
+        if self._bar is not None and postfix:
+            self._bar.set_postfix(postfix)
+        if postfix and jax.process_index() == 0:
+            log.info("step %d/%d: %s", row["step"], self.total_steps, " ".join(f"{k}={v}" for k, v in postfix.items()))
         return row
 
     def advance(self, n: int = 1) -> None:
@@ -228,6 +278,28 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.close()
         self._file.close()
+        for sink in self._sinks:
+            _watching(sink.close)
+
+
+def _watching(call: Callable, *args) -> None:
+    """A TensorBoard or W&B write that fails (a bucket's transient error, W&B's service) is
+    logged, not raised: watching must not end a run, and metrics.jsonl still has every row."""
+    try:
+        call(*args)
+    except Exception as err:  # noqa: BLE001 - any failure of an optional sink
+        log.warning("%s failed (%s: %s); training goes on, metrics.jsonl has every row",
+                    getattr(call, "__qualname__", call), type(err).__name__, err)
+
+
+def progress_postfix(row: Mapping[str, Any], headline: tuple[str, ...]) -> dict[str, str]:
+    """What the progress bar shows of a logged row: the headline numbers, tokens/s and MFU."""
+    postfix = {k: f"{row[k]:.4g}" for k in headline if isinstance(row.get(k), float)}
+    if isinstance(row.get("tokens_per_s"), float):
+        postfix["tok/s"] = f"{row['tokens_per_s']:,.0f}"
+    if isinstance(row.get("mfu"), float):
+        postfix["mfu"] = f"{100 * row['mfu']:.3g}%"
+    return postfix
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
@@ -315,6 +387,7 @@ def run_loop(
     evaluate: Callable[[TrainState], Mapping[str, float]] | None = None,
     headline: tuple[str, ...] = ("loss",),
     desc: str = "train",
+    updates_per_step: int = 1,
 ) -> LoopResult:
     """Run loop steps start_step .. loop.steps - 1 (one produce + one train_step each).
 
@@ -324,10 +397,21 @@ def run_loop(
     skipped updates (checkpoint.data_state_to_save), and the checkpointer's run_config.
     A SIGTERM (preemption) makes the loop save the current step and return early; on
     multi-process runs all processes stop at the same step when any of them got the signal.
-    """
-    from prorank_jax import preemption
 
-    logger = MetricsLogger(out_dir, loop.steps, start_step, headline, loop.progress_bar, desc)
+    Each logged row has tokens_per_s (every process's tokens over the window's time) and,
+    where the devices' peak is known, mfu: the window's model FLOPs
+    (utilisation.train_flops_per_token x tokens; updates_per_step updates per loop step)
+    over its time and the job's peak FLOP/s. A stage whose step does more than its updates
+    (GRPO's sampling) counts only the updates' FLOPs, over the whole step's time.
+    """
+    from prorank_jax import preemption, utilisation
+    from prorank_jax.profiling import StepProfiler
+
+    flops_per_token = utilisation.train_flops_per_token(state.params, updates_per_step)
+    peak = utilisation.peak_flops()  # before the first compile: the CPU measurement then has the cores
+    logger = MetricsLogger(out_dir, loop.steps, start_step, headline, loop.progress_bar, desc,
+                           tensorboard=loop.tensorboard, wandb=loop.wandb)
+    profiler = StepProfiler(out_dir, loop.profile_steps)
     pending: list[Mapping[str, Any]] = []
     host_pending: list[StepOutput] = []
     tokens, window_start = 0, time.perf_counter()
@@ -347,24 +431,32 @@ def run_loop(
             if evaluate is not None and loop.eval_every and start_step == 0:
                 logger.log(0, {f"eval/{k}": v for k, v in evaluate(state).items()})
             for step in range(start_step, loop.steps):
-                out = produce(state, step_rng(base_rng, step))
-                state, metrics = train_step(state, out.batch)
+                done = step + 1
+                profiler.before_step(done)
+                with profiler.annotate(done):
+                    out = produce(state, step_rng(base_rng, step))
+                    state, metrics = train_step(state, out.batch)
+                profiler.after_step(done, (state, metrics))
                 pending.append(metrics)
                 host_pending.append(dataclasses.replace(out, batch={}))  # the window keeps no batches
                 tokens += out.tokens
-                done = step + 1
                 if done % max(loop.log_every, 1) == 0 or done == loop.steps:
                     row = mean_metrics(pending)
+                    # A collective: every process logs at the same steps.
+                    gathered = allgather_json({"window": host_window(host_pending), "tokens": tokens})
                     if host_pending and host_pending[0].host_metrics:
-                        # A collective: every process logs at the same steps.
-                        row.update(reduce_host_metrics(allgather_json(host_window(host_pending)),
-                                                       host_pending[0].host_totals))
-                    row["tokens_per_s"] = tokens / max(time.perf_counter() - window_start, 1e-9)
+                        row.update(reduce_host_metrics([g["window"] for g in gathered], host_pending[0].host_totals))
+                    seconds = max(time.perf_counter() - window_start, 1e-9)
+                    all_tokens = sum(g["tokens"] for g in gathered)
+                    row["tokens_per_s"] = all_tokens / seconds
+                    row.update(window_mfu(flops_per_token * all_tokens, seconds, peak))
                     row["skipped_updates_total"] = int(state.skipped)
                     logger.log(done, row)
                     pending, host_pending, tokens, window_start = [], [], 0, time.perf_counter()
                 if evaluate is not None and loop.eval_every and done % loop.eval_every == 0:
+                    eval_start = time.perf_counter()
                     logger.log(done, {f"eval/{k}": v for k, v in evaluate(state).items()})
+                    window_start += time.perf_counter() - eval_start  # validation is not training time
                 logger.advance()
                 if preemption.stop_requested():
                     save(done)
@@ -374,7 +466,16 @@ def run_loop(
                 if done == loop.steps or (loop.save_every and done % loop.save_every == 0):
                     save(done)
     finally:
+        profiler.stop()
         if checkpointer is not None:
             checkpointer.wait()
         logger.close()
     return LoopResult(state, done, completed)
+
+
+def window_mfu(flops: float, seconds: float, peak: float | None) -> dict[str, float]:
+    """{"mfu": ...} of a log window, or {} where the devices' peak is unknown."""
+    from prorank_jax.utilisation import mfu
+
+    value = mfu(flops, seconds, peak)
+    return {} if value is None else {"mfu": value}

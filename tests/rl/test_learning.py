@@ -4,6 +4,7 @@ import json
 
 from launch import config as cfglib
 from launch.train_grpo import run_grpo
+from tests.helpers.run_watch import assert_mfu_of_the_run
 
 
 def test_grpo_teaches_the_format_on_the_bundled_default(tmp_path):
@@ -20,3 +21,6 @@ def test_grpo_teaches_the_format_on_the_bundled_default(tmp_path):
     assert all(r["update_skipped"] == 0.0 for r in train)
     assert max(r["kl"] for r in train) > 0.0  # the policy moved away from the reference
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "summary.json").exists()
+    # Stage 1's mfu counts its updates' FLOPs (updates_per_rollout per step) over the whole
+    # step, sampling included.
+    assert_mfu_of_the_run(tmp_path, train, updates_per_step=raw["grpo"]["updates_per_rollout"])

@@ -20,6 +20,8 @@ from scoring.losses import ScoreLossConfig
 from prorank_jax.pretrained import load_tokenizer
 from scoring.reranker import Reranker
 from scoring.train import ranking_metrics, rerank_validation, score_loss, validation_set
+from tests.helpers.run_watch import (assert_mfu_of_the_run, assert_same_scalars, metrics_scalars, profile_traces,
+                                     tensorboard_scalars)
 
 
 # ----------------------------------------------------------------------------- a real batch
@@ -209,10 +211,16 @@ def test_train_score_cli_on_the_tiny_config(tmp_path):
     # Validation: 32 groups x 4 documents per call, so all 101 pairs are one compiled shape.
     rc = main(["train-score", "--config", "score_tiny", "model.path=null", f"out_dir={out}", "loop.steps=3",
                "loop.log_every=1", "loop.eval_every=2", "loop.progress_bar=false", "loop.async_checkpointing=false",
-               "data.batch_size=8", "data.num_negatives=1", "data.max_length=64",
+               "loop.profile_steps=[2, 2]", "data.batch_size=8", "data.num_negatives=1", "data.max_length=64",
                "eval_data.max_length=64", "eval_data.batch_size=32"])
     assert rc == 0
     rows = read_metrics(out)
+    # Watching the run: TensorBoard holds what metrics.jsonl holds, mfu is the tokens' model
+    # FLOPs over the peak, and step 2's profile traces the update.
+    assert_same_scalars(tensorboard_scalars(out / "tensorboard"), metrics_scalars(rows), float32=True)
+    assert_mfu_of_the_run(out, rows)
+    (trace,) = profile_traces(out)
+    assert b"jit_train_step" in trace.read_bytes()
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["listwise_count"] == 8 for r in train_rows)

@@ -162,12 +162,18 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
 
 def check_batch_divides(batch_size: int, device_mesh, source: str, processes: int | None = None) -> None:
     """Every process's data.batch_size rows together must split evenly over the mesh's batch
-    axes (sharding.batch_divisor); said before anything is loaded, in the config's terms.
+    axes (sharding.batch_divisor), and no axis the batch is replicated over (mesh.tensor) may
+    span processes, since each process feeds its own rows (sharding.check_rows_within_processes);
+    said before anything is loaded or compiled, in the config's terms.
     processes: how many run the job (default this job's; --compile-for passes the slice's)."""
     import jax
 
     from prorank_jax import sharding as shd
 
+    try:
+        shd.check_rows_within_processes(device_mesh)
+    except ValueError as err:
+        raise cfglib.RunConfigError(f"{source}: {err}") from None
     divisor = shd.batch_divisor(device_mesh)
     processes = jax.process_count() if processes is None else processes
     if (batch_size * processes) % divisor:

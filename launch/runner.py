@@ -126,26 +126,6 @@ def distributed_timeouts() -> dict[str, int]:
     return {arg: _int_env(name, 1) for name, arg in DISTRIBUTED_TIMEOUTS.items() if os.environ.get(name, "").strip()}
 
 
-def check_coordinator_port(address: str) -> None:
-    """Process 0 starts the coordinator service on address's port, which must be free: on a
-    busy one JAX crashed (SIGSEGV) while the other processes waited for it in silence."""
-    import socket
-
-    _, _, port_text = address.rpartition(":")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"PRORANK_COORDINATOR={address!r}: expected host:port") from None
-    with socket.socket() as probe:
-        # SO_REUSEADDR: a port left in TIME_WAIT is free for the service too; a listener is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError as err:
-            raise ValueError(f"PRORANK_COORDINATOR={address}: port {port} is already in use on this host "
-                             f"({err.strerror}); give every process another free port") from None
-
-
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when the launcher says this is one of several processes.
 
@@ -153,10 +133,14 @@ def maybe_initialize_distributed() -> None:
     PRORANK_NUM_PROCESSES, PRORANK_PROCESS_ID. On Cloud TPU pods JAX discovers all of it
     itself, signalled by PRORANK_DISTRIBUTED=auto. Must run before any other JAX call.
     Set by hand, a wrong value would start a job that hangs waiting for hosts that never
-    come, so every value is checked first and a bad one is named; process 0 checks that
-    the coordinator's port is free. PRORANK_INIT_TIMEOUT_S / _HEARTBEAT_TIMEOUT_S /
-    _SHUTDOWN_TIMEOUT_S bound JAX's waits (DISTRIBUTED_TIMEOUTS).
+    come, so every value is checked first and a bad one is named; then the processes answer
+    a roll call on the coordinator's port (launch/rollcall.py: a busy port, an id given to two
+    processes or one that never came is named on every process that can hear of it) before
+    JAX's start-up. PRORANK_INIT_TIMEOUT_S bounds the roll call and JAX's start-up each;
+    it, _HEARTBEAT_TIMEOUT_S and _SHUTDOWN_TIMEOUT_S bound JAX's waits (DISTRIBUTED_TIMEOUTS).
     """
+    from launch import rollcall
+
     mode = os.environ.get("PRORANK_DISTRIBUTED", "").strip()
     timeouts = distributed_timeouts()
     if mode == "auto":
@@ -167,12 +151,11 @@ def maybe_initialize_distributed() -> None:
         address = os.environ["PRORANK_COORDINATOR"].strip()
         num_processes = _int_env("PRORANK_NUM_PROCESSES", 1)
         process_id = _int_env("PRORANK_PROCESS_ID", 0, num_processes)
-        if process_id == 0:
-            check_coordinator_port(address)
         # JAX ends the process on a timeout with a bare DEADLINE_EXCEEDED; this line says what it waited for.
         wait = timeouts.get("initialization_timeout", 300)
         print(f"[prorank] process {process_id} of {num_processes}: joining the coordinator at {address}; "
               f"waiting up to {wait} s for all {num_processes} processes (PRORANK_INIT_TIMEOUT_S)", flush=True)
+        rollcall.roll_call(address, num_processes, process_id, wait)
         jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
                                    process_id=process_id, **timeouts)
 

@@ -49,7 +49,8 @@ def _run_two(command: list[str], timeout: float = 150) -> list[tuple[int, str]]:
 def test_a_tensor_axis_across_processes_is_refused_on_every_process(tmp_path, command, config):
     out_dir = tmp_path / "run"
     outputs = _run_two([sys.executable, "-m", "launch.cli", command, "--config", config, f"out_dir={out_dir}",
-                        "mesh.data=1", "mesh.tensor=2", "loop.progress_bar=false"])
+                        "model.path=null", "eval_data=null", "loop.steps=2", "loop.log_every=1", "mesh.data=1",
+                        "mesh.tensor=2", "loop.progress_bar=false"])
     for rc, out in outputs:
         assert rc != 0, out[-3000:]
         assert ("mesh.tensor=2 spans processes (processes 0 and 1 share one group): a batch is split by rows over "

@@ -218,15 +218,18 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
                                               model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
         f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)
-    latest_saved = checkpointer.latest_step()
-    if latest_saved is not None:
+    # The steps every process can read, agreed before any of them restores one (a step damaged
+    # on one host only would send the processes into different steps' restores).
+    steps = checkpointer.agreed_steps()
+    if steps:
         # Refused before any array is read, on every process alike (all read the same file).
         checkpoint.iterator_state_of_this_process(
-            checkpointer.data_state(latest_saved), checkpointer.directory / str(latest_saved),
+            checkpointer.data_state(steps[-1]), checkpointer.directory / str(steps[-1]),
             jax.process_index(), jax.process_count())
     # The newest step that actually restores: one with a damaged array file is skipped
     # (with a warning) for the step before it.
-    restored = checkpointer.restore_latest(abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
+    restored = checkpointer.restore_latest(steps, abstract_params=abstract.params,
+                                           abstract_opt_state=abstract.opt_state,
                                            param_shardings=state_sharding.params,
                                            opt_state_shardings=state_sharding.opt_state)
     latest = None if restored is None else restored["step"]

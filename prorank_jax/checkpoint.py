@@ -64,6 +64,8 @@ FORMAT_VERSION = 1
 # Orbax's own names (orbax.checkpoint._src.path.atomicity_types); checked by the tests.
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 COMMIT_FILE = "commit_success.txt"
+# The barrier that ends orbax's Checkpointer.restore (its key, no prefix set), orbax 0.12.8.
+ORBAX_RESTORE_BARRIER = "Checkpointer:restore"
 PYTREE_METADATA_FILE = "_METADATA"
 JSON_ITEM_FILE = "metadata"
 
@@ -435,6 +437,12 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; name the folder whatever it was
+            if jax.process_count() > 1:
+                # orbax's restore ends in a barrier the other processes wait in when the read
+                # failed here only (a file damaged on this host): meet it, so that their
+                # barrier does not pair with this process's next collective and blame their
+                # intact step (restore_latest then agrees on the failure).
+                sync_processes(ORBAX_RESTORE_BARRIER)
             raise CheckpointError(f"{step_dir}: could not be restored: {type(err).__name__}: {err}") from err
         meta = restored[TRAIN_META]
         return {

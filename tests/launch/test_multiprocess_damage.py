@@ -2,13 +2,12 @@
 every process can read, and end with the weights of the same run left undamaged.
 
 A 2-process stage-2 run (one CPU device each) saves steps 2, 4, 6; then the same command is
-run again with step 6 unreadable to process 1 only (tests/helpers/one_host_damage.py).
-Before issue 25's agreement each process resumed from its own newest step: process 0 from
-6, process 1 from 4, into different steps' restores and orbax's barriers: the intact step
-was blamed, then a hang until JAX's timeouts. Now both resume from 4, name process 1 and its
-reason, set step 6 aside, and train steps 5-6 again to the first run's final weights.
+run again on a copy of its folder with step 6 unreadable to process 1 only
+(tests/helpers/one_host_damage.py): its metadata, or its arrays. Both processes resume from
+4, name the step they skip and why, set step 6 aside, and train steps 5-6 again to the
+first run's final weights.
 
-Slow (two rounds of two processes): `make test-slow`.
+Slow (three rounds of two processes, ~4 minutes on 2 busy CPU cores): `make test-slow`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,9 @@ TIMEOUT_S = 300
 pytestmark = pytest.mark.slow
 
 
-def _run_two(out_dir: Path, damaged_on_1: str | None = None) -> list[tuple[int, str]]:
+def _run_two(out_dir: Path, damage_on_1: tuple[str, ...] = ()) -> list[tuple[int, str]]:
+    """Both processes' exit status and output; process 1 runs under one_host_damage with the
+    arguments damage_on_1 when given."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -45,7 +46,7 @@ def _run_two(out_dir: Path, damaged_on_1: str | None = None) -> list[tuple[int, 
     args = ["train-score", "--config", "score_tiny", f"out_dir={out_dir}", *OVERRIDES]
     procs = []
     for i in range(2):
-        entry = (["-m", "tests.helpers.one_host_damage", damaged_on_1] if i == 1 and damaged_on_1
+        entry = (["-m", "tests.helpers.one_host_damage", *damage_on_1] if i == 1 and damage_on_1
                  else ["-m", "launch.cli"])
         procs.append(subprocess.Popen([sys.executable, *entry, *args], cwd=REPO,
                                       env={**env, "PRORANK_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
@@ -68,17 +69,48 @@ def _weights(folder: Path) -> list[np.ndarray]:
     return jax.tree_util.tree_leaves(jax.device_get(load_pretrained(folder)[1]))
 
 
-def test_a_step_damaged_on_one_host_falls_back_on_both(tmp_path):
-    out_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory) -> Path:
+    """A 2-process run's folder with steps 2, 4 and 6 saved (hf/ its final weights)."""
+    out_dir = tmp_path_factory.mktemp("damage") / "saved"
     first = _run_two(out_dir)
     assert all(rc == 0 for rc, _ in first), [out[-3000:] for _, out in first]
-    shutil.copytree(out_dir / "hf", tmp_path / "reference_hf")
+    return out_dir
 
-    rerun = _run_two(out_dir, damaged_on_1="6")
+
+def _rerun_damaged(saved_run: Path, tmp_path: Path, damage: tuple[str, ...]) -> tuple[Path, list[tuple[int, str]]]:
+    out_dir = tmp_path / "run"
+    shutil.copytree(saved_run, out_dir)
+    shutil.rmtree(out_dir / "hf")
+    return out_dir, _run_two(out_dir, damage_on_1=damage)
+
+
+def _ends_like_the_undamaged_run(out_dir: Path, saved_run: Path, rerun: list[tuple[int, str]]) -> None:
     for i, (rc, out) in enumerate(rerun):
         assert rc == 0, f"process {i}:\n{out[-3000:]}"
         assert f"[prorank] resuming {out_dir} from step 4" in out, out[-3000:]
-        assert "checkpoint step 6 in" in out and "is unreadable on process 1 (item 'params':" in out, out[-3000:]
     assert [p.name.split(".")[0] for p in (out_dir / "checkpoints").iterdir() if "unrestorable" in p.name] == ["6"]
-    for a, b in zip(_weights(out_dir / "hf"), _weights(tmp_path / "reference_hf"), strict=True):
+    for a, b in zip(_weights(out_dir / "hf"), _weights(saved_run / "hf"), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_whose_metadata_one_host_cannot_read_falls_back_on_both(saved_run, tmp_path):
+    """Before: process 0 resumed from 6, process 1 from 4 (each its own newest step), and
+    the run failed at its first collective ("... not the same on each process. Expected: [6 4]")."""
+    out_dir, rerun = _rerun_damaged(saved_run, tmp_path, ("6",))
+    for _, out in rerun:
+        assert "checkpoint step 6 in" in out and "is unreadable on process 1 (item 'params':" in out, out[-3000:]
+    _ends_like_the_undamaged_run(out_dir, saved_run, rerun)
+
+
+def test_a_step_whose_arrays_one_host_cannot_read_falls_back_on_both(saved_run, tmp_path):
+    """The metadata reads on both, the arrays fail on process 1 only, inside orbax's restore.
+    Before: process 0's end-of-restore barrier paired with process 1's vote on the failure,
+    so process 0 blamed its intact step 6 ("sync_global_devices name mismatch"), then 4 and
+    2 failed the same way on both, and JAX's shutdown barrier aborted them (rc -6)."""
+    out_dir, rerun = _rerun_damaged(saved_run, tmp_path, ("--arrays", "6"))
+    (_, out0), (_, out1) = rerun
+    assert "checkpoints/6 could not be restored (another process could not restore it); trying step 4" in out0, \
+        out0[-3000:]
+    assert "a truncated array file in" in out1 and "trying step 4" in out1, out1[-3000:]
+    _ends_like_the_undamaged_run(out_dir, saved_run, rerun)

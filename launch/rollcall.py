@@ -20,10 +20,12 @@ import json
 import os
 import socket
 import time
-from typing import Callable
 
 # Between a process's attempts to reach process 0, which may not have opened the port yet.
 RETRY_S = 0.2
+# A reporter waits this much longer than process 0 collects, so process 0's verdict (the
+# more informative one) reaches it even when the last report came at the deadline.
+ANSWER_GRACE_S = 5
 
 
 class RollCallError(RuntimeError):
@@ -34,9 +36,8 @@ def identity(process_id: int) -> dict:
     return {"id": process_id, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def verdict(reports: list[dict], num_processes: int) -> str | None:
-    """What is wrong with the processes that reported (process 0 included), or None when
-    every id 0..num_processes-1 reported exactly once."""
+def duplicate(reports: list[dict], num_processes: int) -> str | None:
+    """The first id two of the reports claim, as the message every process gets; else None."""
     by_id: dict[int, list[dict]] = {}
     for report in reports:
         by_id.setdefault(int(report["id"]), []).append(report)
@@ -45,10 +46,13 @@ def verdict(reports: list[dict], num_processes: int) -> str | None:
             who = " and ".join(f"host {c['host']} pid {c['pid']}" for c in claims)
             return (f"{len(claims)} processes were started with PRORANK_PROCESS_ID={process_id} ({who}); give each of "
                     f"the {num_processes} processes its own id in 0..{num_processes - 1}")
-    missing = [i for i in range(num_processes) if i not in by_id]
-    if missing:
-        return f"process(es) {', '.join(map(str, missing))} of {num_processes} did not report"
     return None
+
+
+def missing(reports: list[dict], num_processes: int) -> list[int]:
+    """The ids 0..num_processes-1 no report claims."""
+    seen = {int(report["id"]) for report in reports}
+    return [i for i in range(num_processes) if i not in seen]
 
 
 def listen(port: int) -> socket.socket:
@@ -82,31 +86,33 @@ def _read_line(conn: socket.socket, deadline: float) -> dict:
     return json.loads(data.decode("utf-8"))
 
 
-def call_the_roll(server: socket.socket, num_processes: int, timeout_s: float,
-                  clock: Callable[[], float] = time.monotonic) -> None:
+def call_the_roll(server: socket.socket, num_processes: int, timeout_s: float) -> None:
     """Process 0: collect reports until every id is in, an id comes twice, or timeout_s; answer
     every process that reported; raise RollCallError on a bad roll. Closes server."""
-    deadline = clock() + timeout_s
+    deadline = time.monotonic() + timeout_s
     reports, conns = [identity(0)], []
-    problem = None
     try:
-        while True:
-            problem = verdict(reports, num_processes)
-            if problem is None or "PRORANK_PROCESS_ID=" in problem or clock() >= deadline:
-                break
-            server.settimeout(max(deadline - clock(), 0.01))
+        while missing(reports, num_processes) and duplicate(reports, num_processes) is None and time.monotonic() < deadline:
+            server.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
                 conn, _ = server.accept()
             except socket.timeout:
                 continue
             try:
-                reports.append(_read_line(conn, min(deadline, clock() + 10)))
+                report = _read_line(conn, min(deadline, time.monotonic() + 10))
+            except (OSError, ValueError):  # gone, or not one of ours (a port scan): not a report
+                report = None
+            if isinstance(report, dict) and isinstance(report.get("id"), int):
+                reports.append(report)
                 conns.append(conn)
-            except (OSError, ValueError):  # not one of ours (a port scan), or gone: not a report
+            else:
                 conn.close()
-        if problem is not None and "PRORANK_PROCESS_ID=" not in problem:
-            problem += f" within {timeout_s:g} s (PRORANK_INIT_TIMEOUT_S): not started, or started with another " \
-                       "PRORANK_COORDINATOR or PRORANK_NUM_PROCESSES"
+        problem = duplicate(reports, num_processes)
+        absent = missing(reports, num_processes)
+        if problem is None and absent:
+            problem = (f"process(es) {', '.join(map(str, absent))} of {num_processes} did not report within "
+                       f"{timeout_s:g} s (PRORANK_INIT_TIMEOUT_S): not started, or started with another "
+                       "PRORANK_COORDINATOR or PRORANK_NUM_PROCESSES")
         for conn in conns:
             try:
                 _send(conn, {"ok": problem is None, "problem": problem})
@@ -125,6 +131,7 @@ def answer_the_roll(host: str, port: int, process_id: int, timeout_s: float) -> 
     """Another process: report to process 0 (retrying until it listens) and wait for its answer;
     raise RollCallError when it names a problem or none comes within timeout_s."""
     deadline = time.monotonic() + timeout_s
+    answer_by = deadline + ANSWER_GRACE_S
     while True:
         try:
             conn = socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.01))
@@ -138,7 +145,7 @@ def answer_the_roll(host: str, port: int, process_id: int, timeout_s: float) -> 
     with conn:
         try:
             _send(conn, identity(process_id))
-            answer = _read_line(conn, deadline)
+            answer = _read_line(conn, answer_by)
         except (OSError, ValueError):
             raise RollCallError(
                 f"process {process_id}: no roll-call answer from process 0 at {host}:{port} within {timeout_s:g} s: "

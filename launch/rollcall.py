@@ -61,13 +61,14 @@ def listen(port: int) -> socket.socket:
     # SO_REUSEADDR: a port left in TIME_WAIT is free for the service too; a listener is not.
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        # Two processes can both bind before either listens; the second listen() fails then.
         server.bind(("", port))
+        server.listen(64)
     except OSError as err:
         server.close()
         raise ValueError(f"port {port} is already in use on this host ({err.strerror}): another program holds it, "
                          "or another process of this job was started with PRORANK_PROCESS_ID=0 too; give every "
                          "process its own id and the job a free port") from None
-    server.listen(64)
     return server
 
 

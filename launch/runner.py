@@ -19,8 +19,8 @@ from jax.sharding import Mesh
 
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
-from prorank_jax.multihost import written_by_process_zero
-from prorank_jax.pretrained import ModelSource, load_model
+from prorank_jax.multihost import agreed, written_by_process_zero
+from prorank_jax.pretrained import ModelSource, load_model, model_folder_kind, source_folder
 
 
 def build_sections(raw: dict, **stage: type) -> tuple[dict, dict]:
@@ -200,6 +200,9 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Its folder found on every host before any loads it (a run folder's restore is a collective).
+    folder = source_folder(model_source)
+    agreed(lambda: folder and model_folder_kind(folder), f"find its model folder {folder}")
     config, params, tokenizer_dir = load_model(model_source)
     tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
     abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)

@@ -181,3 +181,31 @@ def test_a_second_process_0_is_named_and_the_first_ends_within_its_timeout(tmp_p
     assert rc1 != 0 and "another process of this job was started with PRORANK_PROCESS_ID=0 too" in out1, out1[-3000:]
     assert rc0 != 0 and "process 0: process(es) 1 of 2 did not report within 5 s" in out0, out0[-3000:]
     assert s0 < 60, s0
+
+
+def test_training_data_missing_on_one_host_ends_every_process_naming_it(tmp_path):
+    """Process 1's data file is missing (data on a host-local disk): before, process 1 failed
+    alone and process 0 waited in its next collective until JAX's timeouts; now every process
+    ends, process 0 naming process 1 and its error."""
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
+               "model.path=null", "eval_data=null", "loop.progress_bar=false"]
+    missing = tmp_path / "not_on_this_host.jsonl"
+    procs = [subprocess.Popen(command + ([f"data.source=jsonl", f"data.path={missing}"] if i == 1 else []), cwd=REPO,
+                              env=dict(_process_env(port, i), PRORANK_HEARTBEAT_TIMEOUT_S="100"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    start = time.monotonic()
+    try:
+        (out0, _), (out1, _) = (proc.communicate(timeout=150) for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert time.monotonic() - start < 90  # not JAX's 100 s heartbeat timeout
+    assert procs[1].returncode != 0 and str(missing) in out1, out1[-3000:]
+    assert procs[0].returncode != 0, out0[-3000:]
+    assert "FailedElsewhere: process 1 could not load its tokenizer and training data: " in out0, out0[-3000:]
+    assert str(missing) in out0

@@ -193,7 +193,7 @@ def test_training_data_missing_on_one_host_ends_every_process_naming_it(tmp_path
     command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
                "model.path=null", "eval_data=null", "loop.progress_bar=false"]
     missing = tmp_path / "not_on_this_host.jsonl"
-    procs = [subprocess.Popen(command + ([f"data.source=jsonl", f"data.path={missing}"] if i == 1 else []), cwd=REPO,
+    procs = [subprocess.Popen(command + (["data.source=jsonl", f"data.path={missing}"] if i == 1 else []), cwd=REPO,
                               env=dict(_process_env(port, i), PRORANK_HEARTBEAT_TIMEOUT_S="100"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     start = time.monotonic()

@@ -19,8 +19,8 @@ from jax.sharding import Mesh
 
 from prorank_jax import training
 from prorank_jax.config import ModelConfig
-from prorank_jax.multihost import written_by_process_zero
-from prorank_jax.pretrained import ModelSource, load_model
+from prorank_jax.multihost import agreed, written_by_process_zero
+from prorank_jax.pretrained import ModelSource, load_model, model_folder_kind, source_folder
 
 
 def build_sections(raw: dict, **stage: type) -> tuple[dict, dict]:
@@ -126,26 +126,6 @@ def distributed_timeouts() -> dict[str, int]:
     return {arg: _int_env(name, 1) for name, arg in DISTRIBUTED_TIMEOUTS.items() if os.environ.get(name, "").strip()}
 
 
-def check_coordinator_port(address: str) -> None:
-    """Process 0 starts the coordinator service on address's port, which must be free: on a
-    busy one JAX crashed (SIGSEGV) while the other processes waited for it in silence."""
-    import socket
-
-    _, _, port_text = address.rpartition(":")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"PRORANK_COORDINATOR={address!r}: expected host:port") from None
-    with socket.socket() as probe:
-        # SO_REUSEADDR: a port left in TIME_WAIT is free for the service too; a listener is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError as err:
-            raise ValueError(f"PRORANK_COORDINATOR={address}: port {port} is already in use on this host "
-                             f"({err.strerror}); give every process another free port") from None
-
-
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when the launcher says this is one of several processes.
 
@@ -153,10 +133,14 @@ def maybe_initialize_distributed() -> None:
     PRORANK_NUM_PROCESSES, PRORANK_PROCESS_ID. On Cloud TPU pods JAX discovers all of it
     itself, signalled by PRORANK_DISTRIBUTED=auto. Must run before any other JAX call.
     Set by hand, a wrong value would start a job that hangs waiting for hosts that never
-    come, so every value is checked first and a bad one is named; process 0 checks that
-    the coordinator's port is free. PRORANK_INIT_TIMEOUT_S / _HEARTBEAT_TIMEOUT_S /
-    _SHUTDOWN_TIMEOUT_S bound JAX's waits (DISTRIBUTED_TIMEOUTS).
+    come, so every value is checked first and a bad one is named; then the processes answer
+    a roll call on the coordinator's port (launch/rollcall.py: a busy port, an id given to two
+    processes or one that never came is named on every process that can hear of it) before
+    JAX's start-up. PRORANK_INIT_TIMEOUT_S bounds the roll call and JAX's start-up each;
+    it, _HEARTBEAT_TIMEOUT_S and _SHUTDOWN_TIMEOUT_S bound JAX's waits (DISTRIBUTED_TIMEOUTS).
     """
+    from launch import rollcall
+
     mode = os.environ.get("PRORANK_DISTRIBUTED", "").strip()
     timeouts = distributed_timeouts()
     if mode == "auto":
@@ -167,12 +151,11 @@ def maybe_initialize_distributed() -> None:
         address = os.environ["PRORANK_COORDINATOR"].strip()
         num_processes = _int_env("PRORANK_NUM_PROCESSES", 1)
         process_id = _int_env("PRORANK_PROCESS_ID", 0, num_processes)
-        if process_id == 0:
-            check_coordinator_port(address)
         # JAX ends the process on a timeout with a bare DEADLINE_EXCEEDED; this line says what it waited for.
         wait = timeouts.get("initialization_timeout", 300)
         print(f"[prorank] process {process_id} of {num_processes}: joining the coordinator at {address}; "
               f"waiting up to {wait} s for all {num_processes} processes (PRORANK_INIT_TIMEOUT_S)", flush=True)
+        rollcall.roll_call(address, num_processes, process_id, wait)
         jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
                                    process_id=process_id, **timeouts)
 
@@ -217,6 +200,9 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Its folder found on every host before any loads it (a run folder's restore is a collective).
+    folder = source_folder(model_source)
+    agreed(lambda: folder and model_folder_kind(folder), f"find its model folder {folder}")
     config, params, tokenizer_dir = load_model(model_source)
     tx = training.make_optimizer(optimizer, loop.steps * updates_per_step)
     abstract = jax.eval_shape(lambda p: training.init_train_state(p, tx), params)
@@ -235,15 +221,18 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
                                               model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
         f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)
-    latest_saved = checkpointer.latest_step()
-    if latest_saved is not None:
+    # The steps every process can read, agreed before any of them restores one (a step damaged
+    # on one host only would send the processes into different steps' restores).
+    steps = checkpointer.agreed_steps()
+    if steps:
         # Refused before any array is read, on every process alike (all read the same file).
         checkpoint.iterator_state_of_this_process(
-            checkpointer.data_state(latest_saved), checkpointer.directory / str(latest_saved),
+            checkpointer.data_state(steps[-1]), checkpointer.directory / str(steps[-1]),
             jax.process_index(), jax.process_count())
     # The newest step that actually restores: one with a damaged array file is skipped
     # (with a warning) for the step before it.
-    restored = checkpointer.restore_latest(abstract_params=abstract.params, abstract_opt_state=abstract.opt_state,
+    restored = checkpointer.restore_latest(steps, abstract_params=abstract.params,
+                                           abstract_opt_state=abstract.opt_state,
                                            param_shardings=state_sharding.params,
                                            opt_state_shardings=state_sharding.opt_state)
     latest = None if restored is None else restored["step"]

@@ -20,7 +20,7 @@ from launch import config as cfglib
 from launch.command_help import help_kwargs
 from launch.runner import Run, maybe_initialize_distributed
 from prorank_jax.files import atomic_text_writer
-from prorank_jax.multihost import written_by_process_zero
+from prorank_jax.multihost import agreed, written_by_process_zero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def main(argv: list[str], stage: StageSpec, prog: str, doc: str) -> int:
                            dry_run=args.dry_run)
     # First thing, before the config is read, so every process fails or starts together.
     maybe_initialize_distributed()
-    raw = cfglib.load_config(args.config, args.overrides)
+    raw = agreed(lambda: cfglib.load_config(args.config, args.overrides), "read its config")
     if not (args.show_config or args.dry_run):
         print(config_line(args.config, args.overrides, stage_out_dir(raw, stage)), flush=True)
     run_stage(raw, stage, dry_run=args.dry_run, show_config=args.show_config)
@@ -115,31 +115,22 @@ def stage_out_dir(raw: dict, stage: StageSpec) -> Path:
 def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: bool = False) -> dict:
     """Train one stage from a raw config (as load_config returns it); the summary it wrote
     ({} for --dry-run). show_config: print the resolved config first (--dry-run always does)."""
-    from launch.runner import stage_sections, start_run
+    from launch.runner import start_run
     from prorank_jax import training
-    from prorank_jax.data.pipeline import load_config_examples
-    from prorank_jax.pretrained import load_tokenizer
 
-    prepared = stage_sections(raw, dry_run, show_config, **stage.sections)
-    if prepared is None:
+    # Each fallible local step is agreed by every process (multihost.agreed): a config or data
+    # file missing on one host is an error on all of them, not a wait in the next collective.
+    checked = agreed(lambda: _checked_config(raw, stage, dry_run, show_config), "check its config")
+    if checked is None:
         return {}
-    sections, resolved = prepared
-    source = raw.get("_source", "config")
-    try:
-        stage.check(sections)
-    except ValueError as err:
-        raise cfglib.RunConfigError(f"{source}: {err}") from None
+    sections, resolved, device_mesh = checked
     out_dir = stage_out_dir(raw, stage)
     data = sections["data"]
-    device_mesh = sections["mesh"].build()
-    check_batch_divides(data.batch_size, device_mesh, source)
     run = start_run(out_dir=out_dir, model_source=sections["model"], optimizer=sections["optimizer"],
                     loop=sections["loop"], device_mesh=device_mesh, resolved_config=resolved,
                     updates_per_step=stage.updates_per_step(sections))
-    tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
-    family = _prompt_family(resolved["prompt_family"])
-    prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
-    train_iter = stage.make_iterator(load_config_examples(data, stage=stage.number), prompt, repeat_forever(data))
+    tokenizer, family, prompt, train_iter = agreed(lambda: _training_data(run, resolved, data, stage),
+                                                   "load its tokenizer and training data")
     restore_iterator(train_iter, run.data_state, out_dir)
     parts = stage.build(StageContext(run, sections, family, tokenizer, prompt, train_iter))
 
@@ -161,14 +152,51 @@ def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: b
     return summary
 
 
+def _checked_config(raw: dict, stage: StageSpec, dry_run: bool, show_config: bool):
+    """(sections, resolved config, device mesh) of a raw config, checked before anything is
+    loaded; None for --dry-run (done then)."""
+    from launch.runner import stage_sections
+
+    prepared = stage_sections(raw, dry_run, show_config, **stage.sections)
+    if prepared is None:
+        return None
+    sections, resolved = prepared
+    source = raw.get("_source", "config")
+    try:
+        stage.check(sections)
+    except ValueError as err:
+        raise cfglib.RunConfigError(f"{source}: {err}") from None
+    device_mesh = sections["mesh"].build()
+    check_batch_divides(sections["data"].batch_size, device_mesh, source)
+    return sections, resolved, device_mesh
+
+
+def _training_data(run: Run, resolved: dict, data, stage: StageSpec):
+    """(tokenizer, prompt family, prompt, training iterator) of a started run."""
+    from prorank_jax.data.pipeline import load_config_examples
+    from prorank_jax.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer(run.tokenizer_dir, run.config)
+    family = _prompt_family(resolved["prompt_family"])
+    prompt = family.prompt(tokenizer, data.max_length, run.config.max_position_embeddings)
+    train_iter = stage.make_iterator(load_config_examples(data, stage=stage.number), prompt, repeat_forever(data))
+    return tokenizer, family, prompt, train_iter
+
+
 def check_batch_divides(batch_size: int, device_mesh, source: str, processes: int | None = None) -> None:
     """Every process's data.batch_size rows together must split evenly over the mesh's batch
-    axes (sharding.batch_divisor); said before anything is loaded, in the config's terms.
+    axes (sharding.batch_divisor), and no axis the batch is replicated over (mesh.tensor) may
+    span processes, since each process feeds its own rows (sharding.check_rows_within_processes);
+    said before anything is loaded or compiled, in the config's terms.
     processes: how many run the job (default this job's; --compile-for passes the slice's)."""
     import jax
 
     from prorank_jax import sharding as shd
 
+    try:
+        shd.check_rows_within_processes(device_mesh)
+    except ValueError as err:
+        raise cfglib.RunConfigError(f"{source}: {err}") from None
     divisor = shd.batch_divisor(device_mesh)
     processes = jax.process_count() if processes is None else processes
     if (batch_size * processes) % divisor:

@@ -64,6 +64,8 @@ FORMAT_VERSION = 1
 # Orbax's own names (orbax.checkpoint._src.path.atomicity_types); checked by the tests.
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 COMMIT_FILE = "commit_success.txt"
+# The barrier that ends orbax's Checkpointer.restore (its key, no prefix set), orbax 0.12.8.
+ORBAX_RESTORE_BARRIER = "Checkpointer:restore"
 PYTREE_METADATA_FILE = "_METADATA"
 JSON_ITEM_FILE = "metadata"
 
@@ -261,6 +263,7 @@ class Checkpointer:
         self.run_config = run_config
         self._reported: set[Path] = set()  # incomplete folders already warned about
         self._set_aside: dict[Path, str] = {}  # damaged step folders moved aside at start
+        self._unreadable_somewhere: dict[int, str] = {}  # steps some process could not read (agreed_steps)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: checkpoint folder does not exist")
         if not read_only:
@@ -434,6 +437,12 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; name the folder whatever it was
+            if jax.process_count() > 1:
+                # orbax's restore ends in a barrier the other processes wait in when the read
+                # failed here only (a file damaged on this host): meet it, so that their
+                # barrier does not pair with this process's next collective and blame their
+                # intact step (restore_latest then agrees on the failure).
+                sync_processes(ORBAX_RESTORE_BARRIER)
             raise CheckpointError(f"{step_dir}: could not be restored: {type(err).__name__}: {err}") from err
         meta = restored[TRAIN_META]
         return {
@@ -458,20 +467,46 @@ class Checkpointer:
                                   f"{type(err).__name__}: {err}") from err
         return restored[CONFIG]
 
-    def restore_latest(self, **restore_kwargs) -> dict[str, Any] | None:
+    def agreed_steps(self) -> list[int]:
+        """The complete steps every process can read, ascending, the same list on every process
+        (a collective; restore_agreement.py says why). A step complete on some processes only is
+        named in a warning with the process that cannot read it and why; when no step is
+        complete everywhere but some process has one or a damaged folder, a CheckpointError
+        naming them is raised on every process."""
+        from prorank_jax import restore_agreement
+
+        try:
+            self.latest_step()  # warns about, or refuses, this process's damaged folders
+            problem = None
+        except CheckpointError as err:
+            problem = str(err)
+        complete, broken = scan_steps(self.directory)
+        verdict = restore_agreement.agreed(restore_agreement.local_view(
+            complete, {path.name: why for path, why in broken.items()}, problem))
+        for step, why in verdict.unreadable.items():
+            log.warning("checkpoint step %d in %s is %s; every process resumes from a step all of them read",
+                        step, self.directory, why)
+        if verdict.problem is not None:
+            raise CheckpointError(f"{self.directory}: {verdict.problem}")
+        self._unreadable_somewhere = verdict.unreadable
+        return verdict.steps
+
+    def restore_latest(self, steps: list[int] | None = None, **restore_kwargs) -> dict[str, Any] | None:
         """restore() of the newest complete step that restores; None when there is none to resume from.
 
-        A step whose metadata is intact can still fail to read (a truncated array
-        file); it is named in a warning with the error and the previous complete step
-        is tried, and so on. Once one restores, a writable Checkpointer moves the
-        failed newer folders aside. Every process must call this: a step counts as
-        restored only when it restored on all of them, so they resume from the same
+        steps: agreed_steps() when the caller already has them (else computed here). A step
+        whose metadata is intact can still fail to read (a truncated array file); it is
+        named in a warning with the error and the previous complete step is tried, and so
+        on. Once one restores, a writable Checkpointer moves the failed newer folders aside
+        (and those some process could not read). Every process must call this: a step counts
+        as restored only when it restored on all of them, so they resume from the same
         step. When no step restores, a CheckpointError lists each step and its error.
         """
-        if self.latest_step() is None:
+        steps = (self.agreed_steps() if steps is None else list(steps))[::-1]
+        if not steps:
             return None
-        steps = self.all_steps()[::-1]
-        failed: dict[int, str] = {}
+        failed: dict[int, str] = {step: why for step, why in self._unreadable_somewhere.items()
+                                  if step > steps[0]}
         for i, step in enumerate(steps):
             try:
                 restored, why = self.restore(step, **restore_kwargs), None

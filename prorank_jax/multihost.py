@@ -87,3 +87,28 @@ def written_by_process_zero(write: Callable[[], T], what: str) -> T | None:
             raise error
         raise RuntimeError(f"process 0 could not write {what}; its log says why")
     return result
+
+
+class FailedElsewhere(RuntimeError):
+    """Another process failed a step every process takes (raised on the processes that did not)."""
+
+
+def agreed(step: Callable[[], T], what: str) -> T:
+    """step() on every process, its failure an error on all of them: a process that fails
+    raises its own error, the others a FailedElsewhere naming the first failing process and
+    its error. Without it, one process's error (a config or data file missing on its host,
+    its model folder unreadable) left the others waiting in their next collective until
+    JAX's timeouts. `what` completes "process N could not ...". A collective."""
+    result, error = None, None
+    try:
+        result = step()
+    except Exception as err:  # re-raised below, after the others have heard of it
+        error = err
+    problems = allgather_json(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(i, problem) for i, problem in enumerate(problems) if problem is not None]
+    if failed:
+        index, problem = failed[0]
+        raise FailedElsewhere(f"process {index} could not {what}: {problem}")
+    return result

@@ -77,7 +77,7 @@ def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any)
     """(ModelConfig, params, tokenizer folder or None) from an HF folder or a run folder
     (`step` picks a run folder's checkpoint, default the latest)."""
     path = Path(path)
-    kind = folder_kind(path)
+    kind = model_folder_kind(path)
     if kind == RUN_FOLDER:
         from prorank_jax import checkpoint
 
@@ -86,13 +86,20 @@ def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any)
             config = config.replace(**overrides)
             params = jax.tree_util.tree_map(lambda x: x.astype(model.dtype_of(config.param_dtype)), params)
         return config, params, tokenizer_dir
-    if kind == HF_FOLDER:
-        config, params = hf.load(path, **overrides)
-        return config, params, path if has_tokenizer(path) else None
-    raise FileNotFoundError(
-        f"{path}: neither an HF checkpoint folder (config.json + safetensors) nor a prorank run folder "
-        f"({' + '.join(RUN_FOLDER_FILES)} + {CHECKPOINTS_DIR}/)"
-    )
+    config, params = hf.load(path, **overrides)
+    return config, params, path if has_tokenizer(path) else None
+
+
+def model_folder_kind(path: str | Path) -> str:
+    """RUN_FOLDER or HF_FOLDER (run_folder.folder_kind) of a model folder, read without its
+    weights; a FileNotFoundError when it is neither."""
+    kind = folder_kind(path)
+    if kind is None:
+        raise FileNotFoundError(
+            f"{path}: neither an HF checkpoint folder (config.json + safetensors) nor a prorank run folder "
+            f"({' + '.join(RUN_FOLDER_FILES)} + {CHECKPOINTS_DIR}/)"
+        )
+    return kind
 
 
 def source_folder(source: ModelSource) -> Path | None:

@@ -151,9 +151,48 @@ def batch_divisor(mesh: Mesh, rules: ShardingRules | None = None) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def rows_shared_across_processes(process_grid: np.ndarray, axis_names: Sequence[str],
+                                 batch_axes: Sequence[str]) -> list[tuple[int, ...]]:
+    """The groups of processes that hold the same batch rows, on a mesh whose device at each
+    position belongs to process process_grid[position]: the batch is split over batch_axes
+    and replicated over the other axes, so processes meeting in one batch block see one copy
+    of its rows. Empty when every block lies within one process (what shard_batch needs)."""
+    grid = np.asarray(process_grid)
+    order = [axis_names.index(a) for a in batch_axes] + [i for i, a in enumerate(axis_names) if a not in batch_axes]
+    blocks = grid.transpose(order).reshape(math.prod(grid.shape[i] for i in order[:len(batch_axes)]), -1)
+    groups = {tuple(sorted(set(int(p) for p in row))) for row in blocks}
+    return sorted(g for g in groups if len(g) > 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_rows_within_processes(mesh: Mesh, batch_axes: tuple[str, ...]) -> None:
+    grid = np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices)
+    shared = rows_shared_across_processes(grid, list(mesh.axis_names), batch_axes)
+    if not shared:
+        return
+    replicas = [a for a in mesh.axis_names if a not in batch_axes and mesh.shape[a] > 1]
+    per_process = mesh.devices.size // len(set(grid.reshape(-1).tolist()))
+    named = ", ".join(f"mesh.{a}={mesh.shape[a]}" for a in replicas)
+    raise ValueError(
+        f"{named} spans processes (processes {' and '.join(map(str, shared[0]))} share one group): a batch is split "
+        f"by rows over ({', '.join(batch_axes)}) only, so those processes would have to feed the same rows, and "
+        f"each reads its own; keep {' x '.join('mesh.' + a for a in replicas)} within one process's "
+        f"{per_process} device(s) and span the processes with mesh.data or mesh.fsdp")
+
+
+def check_rows_within_processes(mesh: Mesh, rules: ShardingRules | None = None) -> None:
+    """A ValueError naming the mesh axis (tensor, by the default rules) that spans processes
+    while the batch is replicated over it: each process feeds its own rows, which
+    make_array_from_process_local_data would take as copies of one another's (wrong data,
+    silently) or refuse for their shapes. Free after the first call per mesh."""
+    axes = (rules or ShardingRules()).mesh_axes("batch")
+    _check_rows_within_processes(mesh, (axes,) if isinstance(axes, str) else tuple(axes or ()))
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: ShardingRules | None = None) -> dict:
     """Assemble global batch arrays from each process's local rows (multi-host safe;
     with one process the local rows are the whole batch)."""
+    check_rows_within_processes(mesh, rules)
     return {
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
         for k, v in batch.items()
@@ -220,6 +259,7 @@ def fetch(x: jax.Array) -> np.ndarray:
 def global_row_index(local_rows: int, mesh: Mesh, rules: ShardingRules | None = None) -> jax.Array:
     """[local_rows * processes] int32 global array holding each row's own global index,
     laid out as shard_batch lays out a batch of local_rows rows per process."""
+    check_rows_within_processes(mesh, rules)
     sharding = batch_sharding(mesh, 1, rules)
     total = local_rows * jax.process_count()
     return jax.make_array_from_callback((total,), sharding, lambda index: np.arange(total, dtype=np.int32)[index])

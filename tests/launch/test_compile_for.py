@@ -169,3 +169,15 @@ def test_a_batch_that_does_not_split_over_the_slice_is_a_config_error(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2
     assert "data.batch_size=2 (x 1 processes) must be a multiple of the mesh's batch split, 8" in err
+
+
+def test_a_tensor_axis_across_the_slices_hosts_is_a_config_error(tmp_path, capsys):
+    """v4:2x2x2 is two hosts of 4 chips: mesh.tensor=8 spans both, which a run refuses (each
+    host feeds its own rows); --compile-for says so before compiling."""
+    code = cli.main(["train-score", "--config", "score_tiny", "--compile-for", "v4:2x2x2", "model.path=null",
+                     "data.batch_size=8", "mesh.data=1", "mesh.tensor=8", "eval_data=null",
+                     f"out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "mesh.tensor=8 spans processes (processes 0 and 1 share one group)" in err
+    assert "within one process's 4 device(s)" in err

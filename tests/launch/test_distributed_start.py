@@ -21,7 +21,7 @@ import json
 import jax
 import pytest
 
-from launch import runner
+from launch import rollcall, runner
 from tests.helpers.env import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,9 @@ def joined(monkeypatch):
     """jax.distributed.initialize replaced by a recorder of its arguments."""
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    # The roll call's waits stubbed (no partners here); process 0 still opens the port.
+    monkeypatch.setattr(rollcall, "answer_the_roll", lambda *args: None)
+    monkeypatch.setattr(rollcall, "call_the_roll", lambda server, *args: server.close())
     for name in ("PRORANK_DISTRIBUTED", *runner.DISTRIBUTED_TIMEOUTS):
         monkeypatch.delenv(name, raising=False)
     return calls
@@ -74,8 +77,9 @@ def test_timeouts_are_settings_passed_to_jax(monkeypatch, joined):
 
 
 def test_a_missing_process_ends_the_run_within_its_timeout(tmp_path):
-    """Process 0 of 2 started alone, PRORANK_INIT_TIMEOUT_S=5: it ends (JAX aborts it) well
-    within a minute, after a line that says what it waited for."""
+    """Process 0 of 2 started alone, PRORANK_INIT_TIMEOUT_S=5: it ends well within a minute,
+    after a line that says what it waited for, naming the process that never came (the roll
+    call; before it, JAX aborted with a bare DEADLINE_EXCEEDED ... RegisterTask)."""
     with socket.socket() as free:
         free.bind(("localhost", 0))
         port = free.getsockname()[1]
@@ -91,7 +95,8 @@ def test_a_missing_process_ends_the_run_within_its_timeout(tmp_path):
     assert elapsed < 60, elapsed
     assert (f"[prorank] process 0 of 2: joining the coordinator at localhost:{port}; waiting up to 5 s "
             "for all 2 processes (PRORANK_INIT_TIMEOUT_S)") in output
-    assert "DEADLINE_EXCEEDED" in output
+    assert ("RollCallError: process 0: process(es) 1 of 2 did not report within 5 s (PRORANK_INIT_TIMEOUT_S): "
+            "not started") in output
     assert not any(tmp_path.iterdir())  # nothing started
 
 
@@ -124,3 +129,83 @@ def test_a_refusal_on_process_0_alone_ends_every_process(tmp_path):
     assert procs[1].returncode != 0, out1[-3000:]
     assert (f"process 0 could not write the run metadata (run_config.json, model_config.json, tokenizer/) "
             f"in {tmp_path}") in out1, out1[-3000:]
+
+
+def _start_all(tmp_path, ids: list[int], timeout_s: int = 20) -> list[tuple[int, str, float]]:
+    """train-score processes with the given PRORANK_PROCESS_IDs (one job of len(ids)); each one's
+    exit status, output and seconds to its end."""
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
+               "model.path=null", "eval_data=null", "loop.progress_bar=false"]
+    procs = []
+    start = time.monotonic()
+    for i in ids:
+        env = dict(_process_env(port, i), PRORANK_NUM_PROCESSES=str(len(ids)), PRORANK_INIT_TIMEOUT_S=str(timeout_s))
+        procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    results = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            results.append((proc.returncode, out, time.monotonic() - start))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def test_two_processes_with_one_id_end_every_process_naming_it(tmp_path):
+    """Ids 0, 1, 1 for a job of 3: JAX aborted the first process 1 at once ("ALREADY_EXISTS ...
+    newer incarnation") and left the other two waiting for process 2 until the init timeout
+    ("DEADLINE_EXCEEDED"). The roll call names the id on all three, without that wait."""
+    results = _start_all(tmp_path, [0, 1, 1], timeout_s=60)
+    for rc, out, seconds in results:
+        assert rc != 0, out[-3000:]
+        assert "2 processes were started with PRORANK_PROCESS_ID=1 (host " in out, out[-3000:]
+        assert "give each of the 3 processes its own id in 0..2" in out
+        assert seconds < 60, seconds  # no process waited for the init timeout
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_second_process_0_is_named_and_the_first_ends_within_its_timeout(tmp_path):
+    """Ids 0, 0 for a job of 2: the second finds the coordinator's port taken and says it may be
+    a second process 0; the first names the process 1 that never reported, after 5 s."""
+    results = _start_all(tmp_path, [0, 0], timeout_s=5)
+    # Either may open the port first.
+    (rc1, out1, _), = [r for r in results if "PRORANK_PROCESS_ID=0 too" in r[1]] or [results[1]]
+    (rc0, out0, s0), = [r for r in results if r[1] is not out1]
+    assert rc1 != 0 and "another process of this job was started with PRORANK_PROCESS_ID=0 too" in out1, out1[-3000:]
+    assert rc0 != 0 and "process 0: process(es) 1 of 2 did not report within 5 s" in out0, out0[-3000:]
+    assert s0 < 60, s0
+
+
+def test_training_data_missing_on_one_host_ends_every_process_naming_it(tmp_path):
+    """Process 1's data file is missing (data on a host-local disk): before, process 1 failed
+    alone and process 0 waited in its next collective until JAX's timeouts; now every process
+    ends, process 0 naming process 1 and its error."""
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "launch.cli", "train-score", "--config", "score_tiny", f"out_dir={tmp_path}",
+               "model.path=null", "eval_data=null", "loop.progress_bar=false"]
+    missing = tmp_path / "not_on_this_host.jsonl"
+    procs = [subprocess.Popen(command + (["data.source=jsonl", f"data.path={missing}"] if i == 1 else []), cwd=REPO,
+                              env=dict(_process_env(port, i), PRORANK_HEARTBEAT_TIMEOUT_S="100"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    start = time.monotonic()
+    try:
+        (out0, _), (out1, _) = (proc.communicate(timeout=150) for proc in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert time.monotonic() - start < 90  # not JAX's 100 s heartbeat timeout
+    assert procs[1].returncode != 0 and str(missing) in out1, out1[-3000:]
+    assert procs[0].returncode != 0, out0[-3000:]
+    assert "FailedElsewhere: process 1 could not load its tokenizer and training data: " in out0, out0[-3000:]
+    assert str(missing) in out0

@@ -174,8 +174,13 @@ class InitializeRecorder:
 def initialize(monkeypatch):
     import jax
 
+    from launch import rollcall
+
     recorder = InitializeRecorder()
     monkeypatch.setattr(jax.distributed, "initialize", recorder)
+    # No partners to answer the roll call here (tests/launch/test_distributed_start.py runs it).
+    monkeypatch.setattr(rollcall, "answer_the_roll", lambda *args: None)
+    monkeypatch.setattr(rollcall, "call_the_roll", lambda server, *args: server.close())
     for var in DIST_VARS:
         monkeypatch.delenv(var, raising=False)
     return recorder

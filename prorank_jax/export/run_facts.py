@@ -86,7 +86,7 @@ def base_model_of(run_config: Mapping[str, Any], seen: int = 0) -> str | None:
     cache = _HF_CACHE.search(path)
     if cache:
         return f"{cache.group(1)}/{cache.group(2)}"
-    local = Path(path)
+    local = paths.as_path(path)
     if (local / RUN_CONFIG_FILE).is_file():
         try:
             return base_model_of(json.loads((local / RUN_CONFIG_FILE).read_text()), seen + 1)

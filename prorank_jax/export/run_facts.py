@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from prorank_jax import paths
 from prorank_jax.export.errors import ExportError
 from prorank_jax.run_folder import RUN_CONFIG_FILE
 

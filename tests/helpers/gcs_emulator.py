@@ -63,6 +63,7 @@ def gcs_emulator(bucket: str, log_dir: Path) -> Iterator[str]:
     """Start the emulator (in memory, on a free port, `bucket` created), yield its URL, kill it."""
     port = free_port()
     # Its log goes to a file, not a pipe nobody reads (a full pipe would stop the server).
+    log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / "fake-gcs-server.log", "wb")
     proc = subprocess.Popen([_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
                              "-backend", "memory", "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)

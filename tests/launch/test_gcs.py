@@ -239,3 +239,15 @@ def test_a_gs_path_without_the_client_packages_says_what_to_install(monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gcsfs" else real(name, *a))
     with pytest.raises(paths.RemotePathError, match=r"gs://b/run: .*pip install gcsfs==2026\.10\.1"):
         paths.as_path("gs://b/run")
+
+
+def test_training_data_files_in_the_bucket_read_as_the_local_ones(emulator):
+    """data.source jsonl and hf (a JSON Lines data file through `datasets`) with a gs:// data.path."""
+    from prorank_jax.data.sources import bundled_group_examples, load_examples, write_group_jsonl
+
+    groups = bundled_group_examples("train", num_negatives=3, seed=0)
+    path = f"gs://{BUCKET}/data/train_groups.jsonl"
+    assert write_group_jsonl(path, groups) == len(groups)
+    assert load_examples("jsonl", 2, path=path) == list(groups)
+    from_hf = load_examples("hf", 2, path=path)
+    assert [(g.query, g.documents, g.labels) for g in from_hf] == [(g.query, g.documents, g.labels) for g in groups]

@@ -147,20 +147,22 @@ def check_bucket(path: str | os.PathLike, *, write: bool) -> None:
 
     # google-cloud-storage rather than gcsfs: gcsfs retries a 401 six times with backoff (~35 s),
     # here each call is one try with a timeout, so a refused credential is reported in seconds.
+    # Only object calls: the object roles (storage.objectViewer / objectAdmin) that a run needs
+    # do not grant storage.buckets.get, so asking for the bucket itself would refuse them.
     what = "write to" if write else "read"
+    prefix = _key(path).partition("/")[2].strip("/")
     try:
         # An emulator takes no credentials (Client() would look for application-default ones).
         client = storage.Client.create_anonymous_client() if os.environ.get("STORAGE_EMULATOR_HOST") \
             else storage.Client()
-        if not client.bucket(bucket).exists(retry=None, timeout=_CHECK_TIMEOUT_S):
-            raise RemotePathError(f"{os.fspath(path)}: bucket gs://{bucket} does not exist")
         if write:
-            prefix = _key(path).partition("/")[2].strip("/")
             probe = client.bucket(bucket).blob(f"{prefix}/{_PROBE}{os.getpid()}" if prefix else f"{_PROBE}{os.getpid()}")
             probe.upload_from_string(b"", retry=None, timeout=_CHECK_TIMEOUT_S)
             probe.delete(retry=None, timeout=_CHECK_TIMEOUT_S)
-    except RemotePathError:
-        raise
+        else:
+            list(client.list_blobs(bucket, prefix=prefix, max_results=1, retry=None, timeout=_CHECK_TIMEOUT_S))
+    except api_errors.NotFound:
+        raise RemotePathError(f"{os.fspath(path)}: bucket gs://{bucket} does not exist") from None
     except (api_errors.GoogleAPIError, auth_errors.GoogleAuthError, OSError) as err:
         raise RemotePathError(f"{os.fspath(path)}: cannot {what} bucket gs://{bucket} ({type(err).__name__}: {err}); "
                               "check the credentials (gcloud auth application-default login, or the VM's "

@@ -91,6 +91,10 @@ def main(argv: list[str]) -> int:
         from scoring.first_stage import BM25Settings
 
         bm25 = BM25Settings(args.bm25_analyzer, k1=args.bm25_k1, b=args.bm25_b)
+        for folder in args.data:  # a missing or refusing bucket, named, before any work
+            paths.check_bucket(folder, write=False)
+        if args.out is not None:
+            paths.check_bucket(args.out, write=True)
         if len(args.data) > 1 or len(args.model) > 1:
             return evaluate_suite_main(args, bm25)
         args.data, args.model = args.data[0], args.model[0]
@@ -98,8 +102,6 @@ def main(argv: list[str]) -> int:
         from scoring.evaluate import evaluate
         from scoring.reranker import DEFAULT_BATCH_SIZE
 
-        if args.out is not None:
-            paths.check_bucket(args.out, write=True)  # a bucket that refuses us, before any work
         data = load_beir(args.data, args.split)  # before the model: data errors show at once
         reranker = load_reranker(
             args.model, max_length=args.max_length, batch_size=args.batch_size or DEFAULT_BATCH_SIZE, step=args.step,

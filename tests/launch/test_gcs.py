@@ -217,7 +217,11 @@ def test_a_folder_upload_killed_midway_is_refused_by_every_reader(emulator, tmp_
             load(folder)
 
 
-def test_a_missing_bucket_or_a_refused_credential_fails_at_once_naming_the_bucket(emulator):
+def test_a_missing_bucket_or_a_refused_credential_fails_at_once_naming_the_bucket(emulator, capsys):
+    from launch.cli import main
+
+    assert main(["evaluate", "--model", "bundled", "--data", "gs://no-such-bucket/beir"]) == 2
+    assert "error: gs://no-such-bucket/beir: bucket gs://no-such-bucket does not exist" in capsys.readouterr().err
     missing = subprocess.run(command("gs://no-such-bucket/run"), cwd=ROOT, env=env(emulator), capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode != 0

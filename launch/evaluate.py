@@ -18,6 +18,7 @@ import sys
 
 from launch.command_help import help_kwargs
 from launch.rank import add_reranker_args, load_reranker
+from prorank_jax import paths
 from prorank_jax.data import DataError
 
 
@@ -90,6 +91,10 @@ def main(argv: list[str]) -> int:
         from scoring.first_stage import BM25Settings
 
         bm25 = BM25Settings(args.bm25_analyzer, k1=args.bm25_k1, b=args.bm25_b)
+        for folder in args.data:  # a missing or refusing bucket, named, before any work
+            paths.check_bucket(folder, write=False)
+        if args.out is not None:
+            paths.check_bucket(args.out, write=True)
         if len(args.data) > 1 or len(args.model) > 1:
             return evaluate_suite_main(args, bm25)
         args.data, args.model = args.data[0], args.model[0]
@@ -104,7 +109,7 @@ def main(argv: list[str]) -> int:
         )
         report = evaluate(reranker, data, args.split, run=args.run, top_k=args.top_k, out_dir=args.out,
                           instruction=args.instruction, bm25=bm25)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, FileNotFoundError, paths.RemotePathError) as err:
         print(f"prorank evaluate: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.data} ({args.split}): {report.n_queries} queries, {report.n_pairs} pairs reranked, "

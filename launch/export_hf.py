@@ -47,6 +47,7 @@ def parse_args(argv):
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from prorank_jax.export import ExportCheckError, ExportError, export_hf, export_seq_cls
+    from prorank_jax.paths import RemotePathError
 
     try:
         if args.format == "seq-cls":
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> int:
         export_hf(args.checkpoint, args.out, step=args.step, tokenizer=args.tokenizer, dtype=args.dtype,
                   license=args.license, base_model=args.base_model, push_to_hub=args.push_to_hub,
                   overwrite=args.overwrite, prompt_family=args.prompt_family)
-    except (ExportError, ExportCheckError, FileNotFoundError) as err:
+    except (ExportError, ExportCheckError, FileNotFoundError, RemotePathError) as err:
         print(f"prorank export-hf: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -70,15 +70,14 @@ def prepare(args: argparse.Namespace):
         lib.check_no_overlap({g.query_id or g.query: g.query for g in groups}, excluded)
         return lib.prepare_groups(groups, options=options, settings={"source": f"hf:{args.hf}", "split": args.split})
 
-    from pathlib import Path
-
     from prorank_jax.data import load_beir, read_run
+    from prorank_jax.paths import as_path
 
     if (args.run is not None) != (args.negatives == "run"):
         raise ValueError("--run FILE goes with --negatives run (and --negatives run needs --run)")
     data = load_beir(args.beir, args.split)
-    lib.check_judged(data, Path(args.beir) / "qrels" / f"{args.split}.tsv")
-    lib.check_no_overlap(data.queries, excluded, source_folder=Path(args.beir))
+    lib.check_judged(data, as_path(args.beir) / "qrels" / f"{args.split}.tsv")
+    lib.check_no_overlap(data.queries, excluded, source_folder=as_path(args.beir))
     settings = {"source": f"beir:{args.beir}", "split": args.split, "negatives": args.negatives}
     run = None
     if args.negatives == "run":

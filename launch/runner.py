@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from prorank_jax import training
+from prorank_jax import paths, training
 from prorank_jax.config import ModelConfig
 from prorank_jax.multihost import agreed, written_by_process_zero
 from prorank_jax.pretrained import ModelSource, load_model, model_folder_kind, source_folder
@@ -75,7 +75,7 @@ def run_prompt_family(raw: dict, model_source: ModelSource) -> str:
     try:
         if forced is not None:
             return prompt_family(forced).name
-        if path and path != BUNDLED_WARM_START and Path(path).is_dir():
+        if path and path != BUNDLED_WARM_START and paths.as_path(path).is_dir():
             return detect_prompt_family(path)
         return DEFAULT_PROMPT_FAMILY
     except ValueError as err:
@@ -198,7 +198,8 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     learning-rate schedule spans them all and a resumed step count is in updates."""
     from prorank_jax import checkpoint
 
-    out_dir = Path(out_dir)
+    out_dir = paths.as_path(out_dir)
+    paths.check_bucket(out_dir, write=True)  # a missing or refusing bucket fails before the model loads
     out_dir.mkdir(parents=True, exist_ok=True)
     # Its folder found on every host before any loads it (a run folder's restore is a collective).
     folder = source_folder(model_source)

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from launch.command_help import help_kwargs
+from prorank_jax import paths
 
 
 class StopBeforeServing(BaseException):
@@ -124,7 +125,7 @@ def _load_and_serve(args) -> int:
         api_key = read_api_key(args.api_key_file) if args.api_key_file else None
         model_path, tokenizer = args.model, args.tokenizer  # bundled names: Reranker.from_pretrained resolves them
         settings = ServerSettings(
-            model_name=args.model_name or Path(args.model).name, max_batch_tokens=args.max_batch_tokens,
+            model_name=args.model_name or paths.as_path(args.model).name, max_batch_tokens=args.max_batch_tokens,
             max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, max_documents=args.max_documents,
             max_request_bytes=args.max_request_bytes, max_inflight_bytes=args.max_inflight_bytes,
             max_queued_tokens=args.max_queued_tokens, header_timeout_s=args.header_timeout,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from launch import config as cfglib
 from launch.command_help import help_kwargs
 from launch.runner import Run, maybe_initialize_distributed
+from prorank_jax import paths
 from prorank_jax.files import atomic_text_writer
 from prorank_jax.multihost import agreed, written_by_process_zero
 
@@ -109,7 +110,7 @@ def config_line(config: str, overrides, out_dir: Path) -> str:
 
 
 def stage_out_dir(raw: dict, stage: StageSpec) -> Path:
-    return Path(raw.get("out_dir") or f"runs/{stage.kind}")
+    return paths.as_path(raw.get("out_dir") or f"runs/{stage.kind}")
 
 
 def run_stage(raw: dict, stage: StageSpec, dry_run: bool = False, show_config: bool = False) -> dict:
@@ -249,7 +250,7 @@ def save_final_model(out_dir: str | Path, params, config, tokenizer_dir, prompt_
     from prorank_jax.run_folder import FINAL_HF_DIR
 
     extra = {PRORANK_FILE: prorank_file_text(prompt_family)} if prompt_family is not None else None
-    folder = Path(out_dir) / FINAL_HF_DIR
+    folder = paths.as_path(out_dir) / FINAL_HF_DIR
     whole = host_copy(params)
     written_by_process_zero(
         lambda: hf.save(whole, config, folder, tokenizer_dir=tokenizer_dir, extra_files=extra), str(folder))

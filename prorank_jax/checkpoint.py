@@ -48,7 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from prorank_jax import hf
+from prorank_jax import hf, paths
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.files import atomic_text_writer, staged_dir
 from prorank_jax.multihost import allgather_json, any_process, sync_processes
@@ -138,7 +138,7 @@ def step_problem(step_dir: Path) -> str | None:
 
 def scan_steps(directory: str | os.PathLike) -> tuple[list[int], dict[Path, str]]:
     """(complete steps ascending, {incomplete folder: why}) of a checkpoints folder."""
-    steps, tmps = _step_dirs(Path(directory))
+    steps, tmps = _step_dirs(paths.as_path(directory))
     complete, broken = [], {}
     for step in sorted(steps):
         problem = step_problem(steps[step])
@@ -256,7 +256,7 @@ class Checkpointer:
             raise ValueError(f"save_interval_steps={save_interval_steps} must be >= 1")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None")
-        self.directory = Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         self.read_only = read_only
         if run_config is not None:
             _check_json(dict(run_config), f"{self.directory}: run_config")  # fail now, not at the first save
@@ -296,7 +296,7 @@ class Checkpointer:
                     log.warning("checkpoint folder %s is %s; orbax removes it", path, why)
                     continue
                 aside = path.with_name(f"{path.name}.incomplete-{stamp}")
-                os.replace(path, aside)
+                paths.move(path, aside)
                 self._set_aside[path] = f"{why}; moved to {aside.name}"
                 log.warning("checkpoint folder %s is incomplete (%s); moved it to %s", path, why, aside.name)
         sync_processes("prorank_checkpoint_set_aside")
@@ -314,7 +314,7 @@ class Checkpointer:
             for step in failed:
                 path = self.directory / str(step)
                 aside = path.with_name(f"{path.name}.unrestorable-{stamp}")
-                os.replace(path, aside)
+                paths.move(path, aside)
                 log.warning("moved checkpoint folder %s, which could not be restored, to %s", path, aside.name)
         sync_processes("prorank_checkpoint_set_aside_unrestorable")
         self._manager.reload()  # it caches the step list
@@ -597,12 +597,12 @@ def write_run_metadata(out_dir: str | os.PathLike, *, resolved_config: Mapping[s
     assembled under a temporary name). On resume the originals are kept: a
     different model config is an error, a different run config a warning.
     """
-    out_dir = Path(out_dir)
+    out_dir = paths.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json_once(out_dir / MODEL_CONFIG_FILE, model_config, must_match=True)
     _write_json_once(out_dir / RUN_CONFIG_FILE, resolved_config, must_match=False)
     if tokenizer_dir is not None and not (out_dir / TOKENIZER_DIR).is_dir():
-        _copy_tokenizer(Path(tokenizer_dir), out_dir / TOKENIZER_DIR)
+        _copy_tokenizer(paths.local_folder(tokenizer_dir), out_dir / TOKENIZER_DIR)
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -630,7 +630,7 @@ def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
     """
     from prorank_jax.model import init_params  # the model module is heavy; load it only when needed
 
-    run_dir = Path(run_dir)
+    run_dir = paths.as_path(run_dir)
     _check_run_folder(run_dir)
     hf_config = _read_json(run_dir / MODEL_CONFIG_FILE)
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
@@ -642,4 +642,5 @@ def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
     finally:
         checkpointer.close()
     tokenizer = run_dir / TOKENIZER_DIR
-    return config, restored["params"], tokenizer if tokenizer.is_dir() else None
+    # transformers loads a tokenizer from local files only: a bucket's tokenizer/ is downloaded.
+    return config, restored["params"], paths.local_folder(tokenizer) if tokenizer.is_dir() else None

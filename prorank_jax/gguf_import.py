@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from prorank_jax import hf
+from prorank_jax import hf, paths
 from prorank_jax.config import ModelConfig
 from prorank_jax.status import STATUS
 
@@ -83,7 +83,7 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype:
     files with the chat template) in `dtype`; the folder appears whole or not at all."""
     if dtype not in IMPORT_DTYPES:
         raise GGUFImportError(f"dtype={dtype!r}; expected one of {IMPORT_DTYPES}")
-    gguf_file = Path(gguf_file)
+    gguf_file = paths.local_file(gguf_file)  # transformers' GGUF reader needs a local file
     held = inspect_gguf(gguf_file)
     log.info("importing %s: %s, %d tensors (%s)", gguf_file, held["architecture"], held["tensors"],
              ", ".join(held["tensor_types"]))
@@ -105,7 +105,7 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, dtype:
         hf.save(params, config, out_dir, tokenizer_dir=tokenizer_dir)
     STATUS.info("imported %s (%s, %s parameters, %s) to %s", gguf_file, held["architecture"],
                 f"{sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params)):,}", dtype, out_dir)
-    return Path(out_dir)
+    return paths.as_path(out_dir)
 
 
 def _require(module: str):

@@ -23,6 +23,7 @@ import numpy as np
 
 from prorank_jax.config import ModelConfig
 from prorank_jax.dtypes import dtype_of
+from prorank_jax import paths
 from prorank_jax.files import staged_dir
 
 # HF tensor suffix under "model.layers.{i}." -> (path under params["model"]["layers"], transposed)
@@ -292,7 +293,7 @@ def save(
     place, so a reader never sees half of it. extra_files maps file name -> text
     (a model card, for example).
     """
-    out_dir = Path(out_dir)
+    out_dir = paths.as_path(out_dir)
     with staged_dir(out_dir) as tmp:
         hf_config = config.to_hf()
         if dtype:

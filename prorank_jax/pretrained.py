@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from prorank_jax import hf, model
+from prorank_jax import hf, model, paths
 from prorank_jax.bundled import bundled_data_dir, bundled_tokenizer_dir
 from prorank_jax.config import ModelConfig
 from prorank_jax.run_folder import (CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, folder_kind,
@@ -76,7 +76,7 @@ class ModelSource:
 def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any) -> tuple[ModelConfig, Any, Path | None]:
     """(ModelConfig, params, tokenizer folder or None) from an HF folder or a run folder
     (`step` picks a run folder's checkpoint, default the latest)."""
-    path = Path(path)
+    path = paths.as_path(path)
     kind = model_folder_kind(path)
     if kind == RUN_FOLDER:
         from prorank_jax import checkpoint
@@ -86,6 +86,7 @@ def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any)
             config = config.replace(**overrides)
             params = jax.tree_util.tree_map(lambda x: x.astype(model.dtype_of(config.param_dtype)), params)
         return config, params, tokenizer_dir
+    path = paths.local_folder(path)  # a bucket's HF folder is downloaded whole (safetensors reads files)
     config, params = hf.load(path, **overrides)
     return config, params, path if has_tokenizer(path) else None
 
@@ -106,12 +107,12 @@ def source_folder(source: ModelSource) -> Path | None:
     """The folder model.path names (the bundled warm start's for "bundled_warm_start"); None for a random init."""
     if not source.path:
         return None
-    return bundled_warm_start_dir() if source.path == BUNDLED_WARM_START else Path(source.path)
+    return bundled_warm_start_dir() if source.path == BUNDLED_WARM_START else paths.as_path(source.path)
 
 
 def random_init_config_file(source: ModelSource) -> Path:
     """The config.json a random init (model.path null) is built from."""
-    cfg_path = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else Path(source.config)
+    cfg_path = bundled_data_dir() / "tiny_model.json" if source.config == BUNDLED else paths.as_path(source.config)
     return cfg_path / "config.json" if cfg_path.is_dir() else cfg_path
 
 
@@ -121,7 +122,7 @@ def tokenizer_dir_of(source: ModelSource) -> Path:
     tokenizer/); else the bundled tokenizer for a random init, the bundled warm start or
     model.tokenizer "bundled"; else a FileNotFoundError."""
     if source.tokenizer and source.tokenizer != BUNDLED:
-        return Path(source.tokenizer)
+        return paths.as_path(source.tokenizer)
     if source.path and source.path != BUNDLED_WARM_START:
         own = own_tokenizer_dir(source.path)
         if has_tokenizer(own):
@@ -133,7 +134,7 @@ def tokenizer_dir_of(source: ModelSource) -> Path:
 
 def load_model(source: ModelSource) -> tuple[ModelConfig, Any, Path]:
     """Resolve a ModelSource to (config, params, tokenizer folder)."""
-    tokenizer_dir = Path(source.tokenizer) if source.tokenizer and source.tokenizer != BUNDLED else None
+    tokenizer_dir = paths.local_folder(source.tokenizer) if source.tokenizer and source.tokenizer != BUNDLED else None
     if source.path:
         warm_start = source.path == BUNDLED_WARM_START
         config, params, own_tokenizer = load_pretrained(source_folder(source), **source.overrides())
@@ -180,7 +181,7 @@ def load_tokenizer(folder: str | os.PathLike, config: ModelConfig | None = None)
     """
     from transformers import AutoConfig, AutoTokenizer  # imported here: transformers is slow to import
 
-    folder = Path(folder)
+    folder = paths.local_folder(folder)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     kwargs = {}

@@ -50,6 +50,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from prorank_jax import paths
 from prorank_jax.run_folder import RUN_CONFIG_FILE
 
 CHAT_PREFIX = (
@@ -488,7 +489,7 @@ def detect_prompt_family(folder: str | os.PathLike, override: str | None = None)
     """
     if override is not None:
         return prompt_family(override).name
-    folder = Path(folder)
+    folder = paths.as_path(folder)
     for name in (PRORANK_FILE, RUN_CONFIG_FILE):
         path = folder / name
         if not path.is_file():
@@ -506,7 +507,7 @@ def detect_prompt_family(folder: str | os.PathLike, override: str | None = None)
         except json.JSONDecodeError:
             config = {}
     # the folder's own name and a hub cache's models--Org--Name (not every parent folder's name)
-    resolved = folder.resolve()
+    resolved = paths.absolute(folder) if paths.is_remote(folder) else folder.resolve()
     names = [resolved.name, str(config.get("_name_or_path") or "")]
     names += [part for part in resolved.parts if part.startswith("models--")]
     if any(QWEN3_RERANKER_HINT in n.lower() for n in names) and config.get("model_type", "qwen3") == "qwen3":

@@ -4,12 +4,14 @@ A training run writes <out>/run_config.json, <out>/model_config.json, <out>/toke
 <out>/checkpoints/<step>/ (prorank_jax.checkpoint), and at the end <out>/hf/ (an HF folder,
 save_final_model). Loading (prorank_jax.pretrained), the Reranker, export, `--dry-run`,
 `--compile-for` and the checkpoint reader all ask this module, so "is this a run folder"
-has one answer. It imports nothing heavy: the CLI's config-only paths use it too.
+has one answer; a folder may be local or in a gs:// bucket (prorank_jax.paths). It imports nothing heavy: the CLI's config-only paths use it too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from prorank_jax.paths import as_path
 
 RUN_CONFIG_FILE = "run_config.json"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -25,7 +27,7 @@ HF_FOLDER = "HF folder"
 
 def missing_run_folder_parts(path: str | Path) -> list[str]:
     """The run-folder files (and checkpoints/) absent from `path`; [] for a run folder."""
-    path = Path(path)
+    path = as_path(path)
     missing = [name for name in RUN_FOLDER_FILES if not (path / name).is_file()]
     if not (path / CHECKPOINTS_DIR).is_dir():
         missing.append(f"{CHECKPOINTS_DIR}/")
@@ -37,12 +39,12 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
+    return any((as_path(path) / name).exists() for name in TOKENIZER_FILES)
 
 
 def folder_kind(path: str | Path) -> str | None:
     """RUN_FOLDER, HF_FOLDER (a config.json there) or None: a run folder wins when it is both."""
-    path = Path(path)
+    path = as_path(path)
     if is_run_folder(path):
         return RUN_FOLDER
     if (path / "config.json").is_file():
@@ -55,10 +57,10 @@ def model_config_file(path: str | Path) -> Path | None:
     kind = folder_kind(path)
     if kind is None:
         return None
-    return Path(path) / (MODEL_CONFIG_FILE if kind == RUN_FOLDER else "config.json")
+    return as_path(path) / (MODEL_CONFIG_FILE if kind == RUN_FOLDER else "config.json")
 
 
 def own_tokenizer_dir(path: str | Path) -> Path:
     """Where a model folder keeps its tokenizer: a run folder's tokenizer/, else the folder itself."""
-    path = Path(path)
+    path = as_path(path)
     return path / TOKENIZER_DIR if is_run_folder(path) else path

@@ -23,7 +23,9 @@ import optax
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
+from prorank_jax import paths
 from prorank_jax import sharding as shd
+from prorank_jax.files import open_for_append
 from prorank_jax.multihost import allgather_json
 from prorank_jax.status import STATUS
 
@@ -231,9 +233,8 @@ class MetricsLogger:
     def __init__(self, out_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
                  headline: tuple[str, ...] = ("loss",), progress_bar: bool = True, desc: str = "train",
                  tensorboard: bool = False, wandb: Mapping[str, Any] | None = None):
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")
+        self.path = paths.as_path(out_dir) / "metrics.jsonl"
+        self._file = open_for_append(self.path)  # in a bucket: the object rewritten whole at each flush
         self.headline = headline
         self.total_steps = total_steps
         self._bar = None
@@ -303,7 +304,7 @@ def progress_postfix(row: Mapping[str, Any], headline: tuple[str, ...]) -> dict[
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict]:
-    path = Path(out_dir) / "metrics.jsonl"
+    path = paths.as_path(out_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -43,6 +43,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from prorank_jax.data import BeirData, load_beir, read_run, write_run
+from prorank_jax.paths import as_path
 from scoring.first_stage import BM25Settings, rerank_candidates
 from scoring.metrics import (
     evaluate_run,
@@ -168,7 +169,7 @@ def evaluate(
         first_stage_settings=first_stage_settings(run, bm25),
     )
     if out_dir is not None and _is_writer():
-        report.files.update(write_report(report, Path(out_dir), split=split, instruction=instruction))
+        report.files.update(write_report(report, as_path(out_dir), split=split, instruction=instruction))
     return report
 
 

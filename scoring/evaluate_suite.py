@@ -26,6 +26,7 @@ from pathlib import Path
 
 from prorank_jax.data import load_beir
 from prorank_jax.files import atomic_text_writer
+from prorank_jax.paths import as_path, is_remote
 from scoring.evaluate import RERANKED, EvaluationReport, evaluate, first_stage_run
 from scoring.first_stage import BM25Settings
 
@@ -110,7 +111,7 @@ class SuiteReport:
 
 def dataset_names(folders: Sequence[str | os.PathLike]) -> list[str]:
     """Each folder's base name; a repeated one gets its parent prefixed until the names differ."""
-    paths = [Path(f).resolve() for f in folders]
+    paths = [as_path(f) if is_remote(f) else Path(f).resolve() for f in folders]
     if len(set(paths)) != len(paths):
         raise ValueError(f"a dataset folder is given twice: {[os.fspath(f) for f in folders]}")
     depth = 1
@@ -174,7 +175,7 @@ def evaluate_suite(
         _, run = first_stage_run(data, None, top_k, bm25)  # once: every reranker sees the same candidates
         reports, truncated = {}, {}
         for label, reranker in rerankers.items():
-            sub_dir = None if out_dir is None else Path(out_dir) / name / sub_dirs[label]
+            sub_dir = None if out_dir is None else as_path(out_dir) / name / sub_dirs[label]
             if on_dataset is not None and label == next(iter(rerankers)):
                 on_dataset(index, name, sum(min(len(docs), top_k) for q, docs in run.items() if q in data.queries))
             reports[label] = evaluate(reranker, data, split, run=run, top_k=top_k, out_dir=sub_dir,
@@ -189,7 +190,7 @@ def evaluate_suite(
     suite = SuiteReport(split=split, top_k=top_k, first_stage={**bm25.as_dict(), "describe": bm25.describe()},
                         datasets=results)
     if out_dir is not None:
-        suite.files.update(write_suite(suite, Path(out_dir)))
+        suite.files.update(write_suite(suite, as_path(out_dir)))
     return suite
 
 

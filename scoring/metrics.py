@@ -39,6 +39,7 @@ import ir_measures
 
 from prorank_jax.data.trec import ranked_doc_ids
 from prorank_jax.files import atomic_text_writer
+from prorank_jax.paths import as_path
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def write_per_query_tsv(
 
 
 def _write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_text_writer(path) as f:
         f.write(text)

@@ -77,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from prorank_jax import paths
 from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.dtypes import dtype_of
@@ -333,7 +334,8 @@ class Reranker:
         if str(path) in (BUNDLED_WARM_START, BUNDLED):
             source = ModelSource(path=BUNDLED_WARM_START)
             path, tokenizer = source_folder(source), tokenizer if tokenizer is not None else tokenizer_dir_of(source)
-        path = Path(path)
+        path = paths.as_path(path)
+        paths.check_bucket(path, write=False)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: model folder not found")
         kind = folder_kind(path)

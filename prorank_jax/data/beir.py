@@ -20,6 +20,7 @@ from pathlib import Path
 
 from prorank_jax.data.errors import DataError
 from prorank_jax.data.jsonl import read_jsonl
+from prorank_jax.paths import as_path
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 HEADER_TEXT = "\t".join(QRELS_HEADER)
@@ -109,7 +110,7 @@ def read_qrels_rows(path: str | os.PathLike) -> Iterator[tuple[int, str, str, in
     """
     first_line: dict[tuple[str, str], int] = {}
     header_seen = False
-    with open(path, encoding="utf-8") as f:
+    with as_path(path).open(encoding="utf-8") as f:
         for line, raw in enumerate(f, start=1):
             text = raw.rstrip("\r\n")
             if not text.strip():
@@ -162,7 +163,7 @@ class BeirData:
 
 def available_splits(folder: str | os.PathLike) -> list[str]:
     """The split names that have a qrels/{split}.tsv file in a BEIR folder."""
-    qrels_dir = Path(folder) / "qrels"
+    qrels_dir = as_path(folder) / "qrels"
     return sorted(p.stem for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
 
 
@@ -174,7 +175,7 @@ def load_beir(folder: str | os.PathLike, split: str) -> BeirData:
     corpus, since any document may be a candidate. A qrels row naming a query
     or document that does not exist is a DataError with the qrels file, line and id.
     """
-    folder = Path(folder)
+    folder = as_path(folder)
     paths = {
         "corpus": folder / "corpus.jsonl",
         "queries": folder / "queries.jsonl",

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from prorank_jax.data.errors import DataError
 from prorank_jax.files import atomic_text_writer
+from prorank_jax.paths import as_path
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -17,7 +18,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     editor shows. A line that is not valid UTF-8, not valid JSON, or not a JSON
     object raises DataError naming the file and line.
     """
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for line_number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")

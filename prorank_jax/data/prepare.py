@@ -37,6 +37,8 @@ from prorank_jax.data.beir import BeirData, load_beir
 from prorank_jax.data.errors import DataError
 from prorank_jax.data.examples import GroupExample, PairExample, group_examples, pair_examples
 from prorank_jax.data.sources import write_group_jsonl, write_pair_jsonl
+from prorank_jax.files import atomic_text_writer
+from prorank_jax.paths import as_path, is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def parse_split_spec(spec: str) -> tuple[Path, str]:
     folder, sep, split = spec.rpartition(":")
     if not sep or not folder or not split:
         raise ValueError(f"expected DIR:SPLIT (a BEIR folder and a split, e.g. data/scifact:test), got {spec!r}")
-    return Path(folder), split
+    return as_path(folder), split
 
 
 def query_overlap(
@@ -109,6 +111,12 @@ def query_overlap(
     return sorted(found)
 
 
+def _same_folder(a, b) -> bool:
+    if is_remote(a) or is_remote(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def check_no_overlap(
     train: Mapping[str, str], excluded: Sequence[tuple[Path, str]], *, source_folder: Path | None = None
 ) -> None:
@@ -116,7 +124,7 @@ def check_no_overlap(
     problems = []
     for folder, split in excluded:
         evaluation = load_beir(folder, split).queries
-        same_folder = source_folder is not None and Path(folder).resolve() == Path(source_folder).resolve()
+        same_folder = source_folder is not None and _same_folder(folder, source_folder)
         for train_id, eval_id, text in query_overlap(train, evaluation, compare_ids=same_folder):
             problems.append(f"  training query {train_id!r} = {folder}:{split} query {eval_id!r}: {text!r}")
     if problems:
@@ -292,7 +300,7 @@ def summarize(prepared: Prepared) -> dict:
 def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     """Where the files of split ``name`` go: the configs read {out}/stage1/NAME_pairs.jsonl and
     {out}/stage2/NAME_groups.jsonl; the summary sits beside both stage folders."""
-    out = Path(out_dir)
+    out = as_path(out_dir)
     return {"pairs": out / "stage1" / f"{name}_pairs.jsonl", "groups": out / "stage2" / f"{name}_groups.jsonl",
             "summary": out / f"{name}_summary.json"}
 
@@ -308,7 +316,8 @@ def write_prepared(prepared: Prepared, out_dir: str | os.PathLike, name: str) ->
     write_group_jsonl(paths["groups"], prepared.groups)
     summary = summarize(prepared)
     summary["files"] = {k: os.fspath(v) for k, v in paths.items() if k != "summary"}
-    paths["summary"].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_text_writer(paths["summary"]) as f:  # one object in a bucket; written last
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return paths, summary
 
 

@@ -22,6 +22,7 @@ from prorank_jax.data.errors import DataError
 from prorank_jax.data.examples import GroupExample, PairExample, group_examples, pair_examples
 from prorank_jax.data.jsonl import read_jsonl, write_jsonl
 from prorank_jax.data.rows import RowError, group_from_row, group_to_row, pair_from_row, pair_to_row
+from prorank_jax.paths import as_path
 
 # ---------------------------------------------------------------------------
 # JSONL
@@ -198,7 +199,7 @@ def load_hf_dataset(path_or_id: str | os.PathLike, split: str = "train", *, cach
     """
     import datasets
 
-    path = Path(path_or_id)
+    path = as_path(path_or_id)  # gs:// files reach `datasets` as gs:// URLs (fsspec's gcsfs)
     if _is_saved_dataset_dir(path):
         loaded = datasets.load_from_disk(os.fspath(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -404,7 +405,7 @@ def load_examples(
         from prorank_jax.data.beir import load_corpus
         from prorank_jax.data.inverse_cloze import inverse_cloze_groups, inverse_cloze_pairs
 
-        corpus = load_corpus(Path(path or bundled_data_dir()) / "corpus.jsonl")
+        corpus = load_corpus(as_path(path or bundled_data_dir()) / "corpus.jsonl")
         build = inverse_cloze_pairs if stage == 1 else inverse_cloze_groups
         return build(corpus, num_negatives=num_negatives, seed=seed, **dict(inverse_cloze or {}))
     if path is None:

@@ -8,6 +8,7 @@ from collections.abc import Container, Mapping
 
 from prorank_jax.data.errors import DataError
 from prorank_jax.files import atomic_text_writer
+from prorank_jax.paths import as_path
 
 RUN_COLUMNS = ("qid", "Q0", "docid", "rank", "score", "tag")
 
@@ -23,7 +24,7 @@ def read_run(path: str | os.PathLike, corpus_ids: Container[str] | None = None) 
     """
     run: dict[str, dict[str, float]] = {}
     first_line: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8") as f:
+    with as_path(path).open(encoding="utf-8") as f:
         for line, raw in enumerate(f, start=1):
             columns = raw.split()
             if not columns:

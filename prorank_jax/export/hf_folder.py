@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from prorank_jax import hf
+from prorank_jax import hf, paths
 from prorank_jax.export.errors import ExportCheckError, ExportError
 from prorank_jax.export.hub import hf_token, push_folder
 from prorank_jax.export.model_card import DEFAULT_LICENSE, CardFacts, model_card, seq_cls_card
@@ -109,9 +109,16 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"{out_dir}: --out exists and is not empty; pass --overwrite to replace it")
 
 
+def _same_or_inside(out_dir, checkpoint) -> bool:
+    if paths.is_remote(out_dir) or paths.is_remote(checkpoint):
+        out, ckpt = str(out_dir).rstrip("/"), str(checkpoint).rstrip("/")
+        return out == ckpt or out.startswith(ckpt + "/")
+    return out_dir.resolve() == checkpoint.resolve() or checkpoint.resolve() in out_dir.resolve().parents
+
+
 def _tokenizer_dir(checkpoint: Path, tokenizer: str | os.PathLike | None, found: Path | None) -> Path:
     """--tokenizer when given, else the tokenizer files the checkpoint holds."""
-    tokenizer_dir = Path(tokenizer) if tokenizer is not None else found
+    tokenizer_dir = paths.local_folder(tokenizer) if tokenizer is not None else found
     if tokenizer_dir is None:
         raise ExportError(f"{checkpoint}: has no tokenizer files; pass --tokenizer DIR")
     return tokenizer_dir
@@ -148,9 +155,10 @@ def export_hf(
                           "(nothing was written)")
     if push_to_hub is not None and not HUB_ID.match(push_to_hub):
         raise ExportError(f"--push-to-hub {push_to_hub!r}: expected a repo id like 'user/model-name'")
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint, out_dir = paths.as_path(checkpoint), paths.as_path(out_dir)
+    paths.check_bucket(out_dir, write=True)
     _check_out_dir(out_dir, overwrite)
-    if out_dir.resolve() == checkpoint.resolve() or checkpoint.resolve() in out_dir.resolve().parents:
+    if _same_or_inside(out_dir, checkpoint):
         raise ExportError(f"{out_dir}: --out must not be the checkpoint folder or inside it")
 
     config, params, found_tokenizer, run_dir, step = _resolve_source(checkpoint, step)
@@ -221,7 +229,8 @@ def export_seq_cls(checkpoint, out_dir, *, step: int | None = None, tokenizer=No
     from prorank_jax.pretrained import load_tokenizer
 
     _check_dtype(dtype)
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint, out_dir = paths.as_path(checkpoint), paths.as_path(out_dir)
+    paths.check_bucket(out_dir, write=True)
     family = detect_prompt_family(checkpoint, prompt_family)
     if family != MXBAI_V2:
         # The classifier's chat template and score row are mxbai-v2's; vLLM serves a

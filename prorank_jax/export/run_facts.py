@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from prorank_jax import paths
 from prorank_jax.export.errors import ExportError
 from prorank_jax.run_folder import RUN_CONFIG_FILE
 
@@ -86,7 +87,7 @@ def base_model_of(run_config: Mapping[str, Any], seen: int = 0) -> str | None:
     cache = _HF_CACHE.search(path)
     if cache:
         return f"{cache.group(1)}/{cache.group(2)}"
-    local = Path(path)
+    local = paths.as_path(path)
     if (local / RUN_CONFIG_FILE).is_file():
         try:
             return base_model_of(json.loads((local / RUN_CONFIG_FILE).read_text()), seen + 1)

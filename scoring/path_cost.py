@@ -25,6 +25,9 @@ the fastest path.
 Seconds come from the backend's measurements: `seconds_per_flop` and `compile_seconds` start
 at priors for the platform and follow what each call measured (exponential averages).
 Everything here is pure and deterministic given those two numbers, which tests can set.
+With several processes (measured=False) they stay at the priors: stage-2 validation runs
+the same calls on every process in lockstep over parameters that span them, and timings
+differ between processes, so a measured choice could send them down different programs.
 """
 
 from __future__ import annotations
@@ -136,12 +139,14 @@ class PathChooser:
     seconds_per_flop: float
     compile_seconds: float
     forgone: float = 0.0
+    measured: bool = True  # fold timings in (observe); False keeps the priors (see above)
     settled: bool = False  # the last call took the fastest candidate (what steady state does)
 
     @classmethod
-    def for_backend(cls, backend: str) -> "PathChooser":
+    def for_backend(cls, backend: str, measured: bool = True) -> "PathChooser":
         return cls(seconds_per_flop=1.0 / PRIOR_FLOPS_PER_SECOND.get(backend, PRIOR_FLOPS_PER_SECOND["cpu"]),
-                   compile_seconds=PRIOR_COMPILE_SECONDS.get(backend, PRIOR_COMPILE_SECONDS["cpu"]))
+                   compile_seconds=PRIOR_COMPILE_SECONDS.get(backend, PRIOR_COMPILE_SECONDS["cpu"]),
+                   measured=measured)
 
     def compute(self, plan: PathPlan) -> float:
         return plan.flops * self.seconds_per_flop
@@ -171,6 +176,8 @@ class PathChooser:
     def observe(self, plan: PathPlan, seconds: float, compile_times: Sequence[float]) -> None:
         """Fold a call's measurements in: its compute seconds (the call less its compiles)
         against the plan's FLOPs, and each compile's seconds."""
+        if not self.measured:
+            return
         for t in compile_times:
             self.compile_seconds += SMOOTHING * (t - self.compile_seconds)
         compute = seconds - sum(compile_times)

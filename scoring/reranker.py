@@ -269,7 +269,8 @@ class Reranker:
         # Every model program compiled, keyed as scoring.path_cost plans them, and the
         # per-call choice of path when reuse_prefix or pack_tokens is None.
         self.compiled_programs: set[tuple] = set()
-        self.path_chooser = PathChooser.for_backend(jax.default_backend())
+        # One process measures; several keep the priors so they all choose alike (path_cost).
+        self.path_chooser = PathChooser.for_backend(jax.default_backend(), measured=jax.process_count() == 1)
         self.model_cost = ModelCost.of(self.config)
         self.last_path: ScoringPath | None = None
 

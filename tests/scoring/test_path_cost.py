@@ -58,6 +58,9 @@ def test_measurements_move_the_estimates():
     chooser.observe(plan(WHOLE, 1e9, "w"), seconds=12.0, compile_times=[10.0])
     assert chooser.compile_seconds > before[1]  # 10 s measured against the 2 s prior
     assert chooser.seconds_per_flop > before[0]  # 2 s for 1 GFLOP against 30 GFLOP/s
+    frozen = PathChooser.for_backend("cpu", measured=False)  # several processes: the priors stay
+    frozen.observe(plan(WHOLE, 1e9, "w"), seconds=12.0, compile_times=[10.0])
+    assert (frozen.seconds_per_flop, frozen.compile_seconds) == before
     cost = ModelCost.of(Reranker.from_pretrained("bundled_warm_start", show_progress=False).config)
     # the bundled model: hidden 64, 4 x 16 query heads, 2 x 16 kv heads, MLP 176, 2 layers
     assert cost.dense_per_token == 2 * 2 * (64 * (64 + 64) + 64 * 64 + 3 * 64 * 176)
@@ -86,7 +89,7 @@ def test_defaults_compile_one_program_first_then_the_fastest_path_with_the_same_
     query, docs = request_texts
     opts = dict(max_length=256, batch_size=8, show_progress=False)
     r = Reranker.from_pretrained("bundled_warm_start", **opts)
-    assert r.reuse_prefix is None and r.pack_tokens is None
+    assert r.reuse_prefix is None and r.pack_tokens is None and r.path_chooser.measured  # one process
     assert r.candidate_paths([query] * 6) == [ScoringPath(a, b) for a in (False, True) for b in (False, True)]
     assert r.candidate_paths(["a", "b"]) == [WHOLE, WHOLE_PACK]  # one pair per query: no prefix to share
     first = r.predict([query] * 6, docs)

@@ -5,7 +5,8 @@
 For each model (the bundled tiny model; a random Qwen2.5-0.5B-shaped one, --layers of its
 24) and workload, `Reranker.rank` of one query's documents runs with the defaults
 (reuse_prefix=None, pack_tokens=None) and with each of the four fixed settings, the five
-side by side, pass by pass (the fastest of --repeats passes kept, after untimed passes
+side by side, pass by pass, each pass starting one setting later (the fastest of --repeats
+passes kept, after untimed passes
 that compile: one for a fixed setting; for the defaults, as many as they take to settle,
 i.e. until a call takes the fastest path of scoring.path_cost's estimate with nothing left
 to compile, at most --max-warm). Workloads, texts from the bundled corpus:
@@ -187,8 +188,11 @@ def main(argv=None) -> None:
                 r.rank(query, docs)  # compiles
             warm = settle(rerankers["defaults"], query, docs, args.max_warm)
             chose = f"{rerankers['defaults'].last_path.name} ({warm})"
-            for _ in range(args.repeats):
-                for name, r in rerankers.items():
+            names = list(rerankers)
+            for i in range(args.repeats):
+                # each pass starts one setting later: the first after the slowest (whole prompts) ran slower
+                for name in names[i % len(names):] + names[: i % len(names)]:
+                    r = rerankers[name]
                     start = time.perf_counter()
                     r.rank(query, docs)
                     times[name].append(time.perf_counter() - start)

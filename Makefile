@@ -19,8 +19,9 @@ $(RUNTIME): requirements.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(RUNTIME)
 
-$(TESTS): $(RUNTIME) requirements-test.txt requirements-tpu-aot.txt
+$(TESTS): $(RUNTIME) requirements-test.txt requirements-test-nodeps.txt requirements-tpu-aot.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-test-nodeps.txt  # declares httpx<0.28 (see the file)
 	$(BIN)/python -m pip install -q -r requirements-tpu-aot.txt  # --compile-for and its tests
 	touch $(TESTS)
 

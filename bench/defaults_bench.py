@@ -5,8 +5,11 @@
 For each model (the bundled tiny model; a random Qwen2.5-0.5B-shaped one, --layers of its
 24) and workload, `Reranker.rank` of one query's documents runs with the defaults
 (reuse_prefix=None, pack_tokens=None) and with each of the four fixed settings, the five
-side by side, pass by pass (the fastest of --repeats passes kept, after one untimed pass
-that compiles). Workloads, texts from the bundled corpus:
+side by side, pass by pass, each pass starting one setting later (the fastest of --repeats
+passes kept, after untimed passes
+that compile: one for a fixed setting; for the defaults, as many as they take to settle,
+i.e. until a call takes the fastest path of scoring.path_cost's estimate with nothing left
+to compile, at most --max-warm). Workloads, texts from the bundled corpus:
 
 * docs20: 1 query x 20 documents of 100-300 words, max_length 512 (the issue's case);
 * abstracts24: 1 query x 24 abstract-length documents (~250 tokens, the size of BM25's top
@@ -14,7 +17,9 @@ that compiles). Workloads, texts from the bundled corpus:
 * longquery: 1 query of ~300 tokens x 24 documents of ~24 tokens, max_length 512, where
   most of each prompt is the shared prefix.
 
-Printed: pairs/s of each setting, and defaults / best fixed setting.
+Printed: pairs/s of each setting, defaults / best fixed setting, the path the defaults took
+once settled and the calls they took to settle. With --cold N, each setting instead runs N
+distinct requests in a fresh process, compiles included.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--cache", default="runs/bench/qwen25-05b-random")
     parser.add_argument("--models", default="tiny,qwen05b")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-warm", type=int, default=100, help="most untimed calls for the defaults to settle")
     parser.add_argument("--cold", type=int, default=0,
                         help="instead: N distinct 20-document requests in a fresh process per setting, compiles "
                              "included (what a new process meets)")
@@ -107,8 +113,7 @@ def run_one_setting(args) -> None:
     start = time.perf_counter()
     for query, docs in requests:
         r.rank(query, docs)
-    shapes = len(r.compiled_shapes) + len(r.compiled_prefix_shapes) + len(r.compiled_extend_shapes)
-    print(f"SECONDS {time.perf_counter() - start:.2f} PROGRAMS {shapes}")
+    print(f"SECONDS {time.perf_counter() - start:.2f} PROGRAMS {len(r.compiled_programs)}")
 
 
 def cold_table(args) -> None:
@@ -117,13 +122,14 @@ def cold_table(args) -> None:
 
     print(f"cold: {args.cold} distinct requests of 1 x 20 documents (100-300 words), max_length 512, "
           "each setting in a fresh process, compiles included")
-    print("| model | " + " | ".join(f"{k} s (programs)" for k in SETTINGS) + " | defaults / best |")
+    print("| model | " + " | ".join(f"{k} s (programs)" for k in SETTINGS) + " | best / defaults |")
     print("|---|" + "---|" * len(SETTINGS) + "---|")
     for model in args.models.split(","):
         seconds, programs = {}, {}
         for name in SETTINGS:
             out = subprocess.run([sys.executable, "-m", "bench.defaults_bench", "--cold", str(args.cold),
-                                  "--layers", str(args.layers), "--one-setting", f"{model}:{name}"],
+                                  "--layers", str(args.layers), "--seed", str(args.seed), "--one-setting",
+                                  f"{model}:{name}"],
                                  capture_output=True, text=True, check=True).stdout
             line = next(x for x in out.splitlines() if x.startswith("SECONDS"))
             seconds[name], programs[name] = float(line.split()[1]), int(line.split()[3])
@@ -131,6 +137,20 @@ def cold_table(args) -> None:
         label = model_path(model, args)[1]
         print(f"| {label} | " + " | ".join(f"{seconds[k]:.1f} ({programs[k]})" for k in SETTINGS)
               + f" | {best / seconds['defaults']:.2f} |", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+def settle(reranker, query, docs, most: int) -> int:
+    """Untimed calls (after the first) until the defaults take the fastest path with nothing
+    left to compile, their steady state; returns the calls made, the first included."""
+    calls = 1
+    while calls < most:
+        before = len(reranker.compiled_programs)
+        reranker.rank(query, docs)
+        calls += 1
+        if reranker.path_chooser.settled and len(reranker.compiled_programs) == before:
+            break
+    return calls
 
 
 def main(argv=None) -> None:
@@ -147,7 +167,7 @@ def main(argv=None) -> None:
     from scoring.reranker import Reranker
 
     print(f"machine: {machine_line()}")
-    print("| model | workload | defaults chose | " + " | ".join(f"{k} pairs/s" for k in SETTINGS)
+    print("| model | workload | defaults settled on (calls) | " + " | ".join(f"{k} pairs/s" for k in SETTINGS)
           + " | defaults / best |")
     print("|---|---|---|" + "---|" * len(SETTINGS) + "---|")
     for model in args.models.split(","):
@@ -163,14 +183,16 @@ def main(argv=None) -> None:
                                                     reuse_prefix=reuse, pack_tokens=pack)
                      for name, (reuse, pack) in SETTINGS.items()}
         for work, (query, docs) in workloads(rerankers["defaults"].tokenizer, args.seed).items():
-            default = rerankers["defaults"]
-            chose = ("reuse" if default.uses_prefix_path([query] * len(docs)) else "whole") + \
-                ("+pack" if default.pack_tokens else "")
             times = {name: [] for name in rerankers}
             for r in rerankers.values():
                 r.rank(query, docs)  # compiles
-            for _ in range(args.repeats):
-                for name, r in rerankers.items():
+            warm = settle(rerankers["defaults"], query, docs, args.max_warm)
+            chose = f"{rerankers['defaults'].last_path.name} ({warm})"
+            names = list(rerankers)
+            for i in range(args.repeats):
+                # each pass starts one setting later: the first after the slowest (whole prompts) ran slower
+                for name in names[i % len(names):] + names[: i % len(names)]:
+                    r = rerankers[name]
                     start = time.perf_counter()
                     r.rank(query, docs)
                     times[name].append(time.perf_counter() - start)

@@ -27,8 +27,8 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     for L = prompt.max_total_length and B = batch_size (see `max_compiled_shapes`), and one
     call compiles at most one shape per batch it runs;
   * pairs of one query share their first tokens (chat prefix + query ids, the same for every
-    document since the query is cut on its own), and by default (reuse_prefix=None) a call
-    with at least 2 pairs per distinct query, so rank() with 2+ documents, computes them once:
+    document since the query is cut on its own), and the shared-prefix path computes them once
+    (reuse_prefix=True, or a call with at least 2 pairs per distinct query when None):
     `query_groups` groups pairs by query, `shared_prefix_lengths` finds each group's common
     prefix (capped one token short of its shortest prompt), and `plan_prefix_chunks` cuts
     the groups into chunks of batch_size. Each chunk's prefixes are prefilled once, left-padded
@@ -43,7 +43,7 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     model-free program per (chunk rows, P, batch rows), compiled in milliseconds. Whole
     prompts and the shared-prefix path give the same scores to float noise;
     reuse_prefix=False keeps the whole-prompt path, True forces the shared-prefix one;
-  * on CPU (pack_tokens=None, auto; off on GPU/TPU) only each batch's real tokens run
+  * with packed tokens (pack_tokens=True; a candidate on CPU when None) only each batch's real tokens run
     through the projections and MLPs, as one packed [tokens, hidden] array
     (model.forward_hidden's token_slots); attention alone sees the padded rows x length
     layout. Padding then costs attention work only, and filler rows cost nothing. The
@@ -51,6 +51,9 @@ Where this differs from mxbai, on purpose and without changing a score beyond fl
     batch, so each padded shape above compiles in at most PACK_STEPS packed variants (the
     bounds with packed_per_shape=PACK_STEPS; tests/scoring/test_compile_bounds.py works them
     out for Qwen2.5 at max_length=8192), of which a call meets at most one per batch;
+  * reuse_prefix / pack_tokens left at None are decided per call by scoring.path_cost, which
+    weighs each candidate path's compute against compiling the programs it lacks (a fresh
+    process runs whole prompts, one program, until the faster path's compiles pay off);
   * no [batch, length, vocab] logits are formed, only two LM-head columns are read;
   * every local device takes part: the parameters sit on a mesh over this process's
     devices (replicated, or FSDP-sharded by prorank_jax.sharding's rule table with
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +85,13 @@ from prorank_jax import paths
 from prorank_jax import sharding as shd
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.dtypes import dtype_of
-from prorank_jax.model import take_cache_rows
 from prorank_jax.prompts import EncodedPair, detect_prompt_family, estimated_max_for, left_pad
 from prorank_jax.prompts import prompt_family as _prompt_family
 from prorank_jax.pretrained import (BUNDLED, BUNDLED_WARM_START, ModelSource, load_pretrained, load_tokenizer,
                                     source_folder, tokenizer_dir_of)
 from prorank_jax.run_folder import CHECKPOINTS_DIR, HF_FOLDER, RUN_FOLDER, RUN_FOLDER_FILES, TOKENIZER_DIR, folder_kind
-from prorank_jax.score import prefix_cache, rerank_scores, scores_after_cache
+from scoring.programs import jitted_prefix_scorer, jitted_scorer  # noqa: F401 (jitted_scorer: launch.compile_for)
+from scoring.path_cost import ModelCost, PathChooser, ScoringPath, PathPlan, prefix_plan, whole_plan
 from scoring.batching import (
     DEFAULT_STEPS_PER_OCTAVE,
     PACK_STEPS,
@@ -164,45 +168,6 @@ def _check_text_list(name: str, values: Any) -> list:
     return list(values)
 
 
-def jitted_scorer(config: ModelConfig, yes_id: int, no_id: int):
-    """rerank_scores with the model fixed, jitted: compiled once per (rows, length) input shape.
-
-    The config is closed over rather than passed as a static argument because it need not
-    be hashable (eos_token_id may be a list).
-    """
-    return jax.jit(
-        lambda params, ids, mask, slots=None: rerank_scores(params, config, ids, mask, yes_id, no_id, slots)
-    )
-
-
-@dataclass(frozen=True)
-class PrefixScorer:
-    """The shared-prefix path's jitted pieces (see prorank_jax.score):
-      prefill(params, prefix_ids, prefix_mask) -> cache, compiled per (rows, prefix bucket);
-      take(cache, rows) -> the rows' caches, a gather compiled per (chunk rows, prefix
-        bucket, batch rows) with no model inside, so it compiles in milliseconds;
-      extend(params, cache, rest_ids, rest_lengths, token_slots) -> scores, compiled per
-        (rows, prefix bucket, remainder bucket, packed length).
-    Keeping the gather apart keeps the number of chunk row counts out of the model programs.
-    """
-
-    prefill: Any
-    take: Any
-    extend: Any
-
-
-def jitted_prefix_scorer(config: ModelConfig, yes_id: int, no_id: int) -> PrefixScorer:
-    return PrefixScorer(
-        prefill=jax.jit(lambda params, ids, mask: prefix_cache(params, config, ids, mask)),
-        take=jax.jit(take_cache_rows),
-        extend=jax.jit(
-            lambda params, cache, ids, lengths, slots=None: scores_after_cache(
-                params, config, cache, ids, lengths, yes_id, no_id, slots
-            )
-        ),
-    )
-
-
 # ----------------------------------------------------------------------------- Reranker
 class Reranker:
     """A ProRank / mxbai-rerank-v2 style reranker on JAX (see the module docstring).
@@ -228,17 +193,16 @@ class Reranker:
         qwen3-reranker max_length is the whole prompt's length, as in its model card.
       reuse_prefix: run each query's shared prompt prefix once per call and only the rest
         of each pair on top of its cached keys/values (True), always run whole prompts
-        (False), or decide per call (None): reuse when there are at least
-        AUTO_REUSE_MIN_PAIRS_PER_QUERY pairs per distinct query, as in rank() with two or
-        more documents. Scores agree to float noise either way.
+        (False), or decide per call (None): with at least AUTO_REUSE_MIN_PAIRS_PER_QUERY
+        pairs per distinct query (rank() with two or more documents) scoring.path_cost picks
+        the path. Scores agree to float noise either way.
       pack_tokens: run only each batch's real tokens through the projections and MLPs
         (packed, see scoring.batching.token_slots) rather than its padded rows x length;
         attention keeps the padded layout. Same scores to float noise, less work whenever
         a batch mixes lengths, at the price of up to PACK_STEPS compiled variants per
-        padded shape. None (auto) packs on CPU, where the saved FLOPs are the time and a
-        compile takes seconds, and not on GPU/TPU, where compiles cost more and the gain
-        was not measured; nor on several devices, where packing would gather tokens of
-        rows that live on other devices.
+        padded shape. None (auto) lets scoring.path_cost decide per call on CPU, where the
+        saved FLOPs are the time, and is off on GPU/TPU, where the gain was not measured,
+        and on several devices, where packing would gather tokens of rows on other devices.
       devices: the devices the batches are split over (default: all of this process's).
       shard_params: FSDP-shard the parameters over those devices (for a model that does
         not fit one device) instead of replicating them. Same scores either way.
@@ -290,9 +254,9 @@ class Reranker:
         self.reuse_prefix = reuse_prefix
         if pack_tokens not in (None, True, False):
             raise ValueError(f"pack_tokens must be True, False or None (auto), got {pack_tokens!r}")
-        if pack_tokens is None:
-            pack_tokens = default_pack_tokens() and self.mesh.size == 1
-        self.pack_tokens = pack_tokens
+        if pack_tokens is None and not (default_pack_tokens() and self.mesh.size == 1):
+            pack_tokens = False
+        self.pack_tokens = pack_tokens  # None: decided per call (CPU, one device)
         self.prefix_buckets = prefix_buckets(self.prompt.max_total_length)
         self._score_fn = jitted_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
         self._prefix_fns = jitted_prefix_scorer(self.config, self.prompt.yes_id, self.prompt.no_id)
@@ -303,6 +267,13 @@ class Reranker:
         self.compiled_shapes: set[tuple[int, int, int]] = set()
         self.compiled_prefix_shapes: set[tuple[int, int]] = set()
         self.compiled_extend_shapes: set[tuple[int, int, int, int]] = set()
+        # Every model program compiled, keyed as scoring.path_cost plans them, and the
+        # per-call choice of path when reuse_prefix or pack_tokens is None.
+        self.compiled_programs: set[tuple] = set()
+        # One process measures; several keep the priors so they all choose alike (path_cost).
+        self.path_chooser = PathChooser.for_backend(jax.default_backend(), measured=jax.process_count() == 1)
+        self.model_cost = ModelCost.of(self.config)
+        self.last_path: ScoringPath | None = None
 
     @classmethod
     def from_pretrained(
@@ -384,14 +355,23 @@ class Reranker:
     @property
     def _packed_per_shape(self) -> int:
         """Programs one padded shape can compile to: one per packed length when packing."""
-        return PACK_STEPS if self.pack_tokens else 1
+        return 1 if self.pack_tokens is False else PACK_STEPS
 
     def uses_prefix_path(self, queries: Sequence[str]) -> bool:
-        """Whether predict(queries, ...) takes the shared-prefix path (see reuse_prefix)."""
+        """Whether predict(queries, ...) may take the shared-prefix path: forced, or auto
+        (reuse_prefix=None) with enough pairs per query, when scoring.path_cost decides."""
         if self.reuse_prefix is not None:
             return self.reuse_prefix
         distinct = len(set(queries))
         return distinct > 0 and len(queries) >= AUTO_REUSE_MIN_PAIRS_PER_QUERY * distinct
+
+    def candidate_paths(self, queries: Sequence[str]) -> list[ScoringPath]:
+        """The paths a predict(queries, ...) call chooses among (one when both are fixed)."""
+        reuses = [True] if self.uses_prefix_path(queries) else [False]
+        if self.reuse_prefix is None and reuses == [True]:
+            reuses = [False, True]
+        packs = [False, True] if self.pack_tokens is None else [self.pack_tokens]
+        return [ScoringPath(reuse=r, pack=p) for r in reuses for p in packs]
 
     # ------------------------------------------------------------------------- public
     def predict(
@@ -414,10 +394,15 @@ class Reranker:
         encoded = self.prompt.encode_batch(queries, documents, instruction=instruction)
         self._warn_truncation(encoded)
         sequences = [e.input_ids for e in encoded]
-        if self.uses_prefix_path(queries):
-            scores = self._score_ids_after_prefixes(sequences, query_groups(queries), batch_size)
+        group_of = query_groups(queries)
+        plans = [self._plan(path, sequences, group_of, batch_size) for path in self.candidate_paths(queries)]
+        plan = self.path_chooser.choose(plans, self.compiled_programs)
+        self.last_path, compile_times, start = plan.path, [], time.perf_counter()
+        if plan.path.reuse:
+            scores = self._score_ids_after_prefixes(sequences, group_of, plan, compile_times)
         else:
-            scores = self._score_ids(sequences, batch_size)
+            scores = self._score_ids(sequences, plan, compile_times)
+        self.path_chooser.observe(plan, time.perf_counter() - start, compile_times)
         if normalize:
             scores = self.family.normalize(scores, self.estimated_max).astype(np.float32)
         return scores
@@ -466,17 +451,41 @@ class Reranker:
             disable = not self.show_progress
         return tqdm(total=pairs, desc="Reranking", unit="pair", disable=disable)
 
-    def _score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
-        batches = plan_batches([len(s) for s in sequences], batch_size, self.buckets, self.max_batch_tokens)
+    def _plan(self, path: ScoringPath, sequences: Sequence[Sequence[int]], group_of: np.ndarray, batch_size: int) -> PathPlan:
+        """The batches `path` would run for these prompts, with their programs and FLOPs."""
+        if not path.reuse:
+            lengths = [len(s) for s in sequences]
+            return whole_plan(path, lengths, plan_batches(lengths, batch_size, self.buckets, self.max_batch_tokens),
+                              self.model_cost)
+        split = shared_prefix_lengths(sequences, group_of)
+        rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
+        chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,
+                                    self.buckets, self.max_batch_tokens)
+        return prefix_plan(path, split, rests, chunks, self.model_cost)
+
+    def _run(self, key: tuple, compile_times: list, fn, *args):
+        """fn(*args), timing it when `key` is a program not compiled yet: jax compiles a new
+        shape synchronously in the call, and only runs it asynchronously."""
+        if key in self.compiled_programs:
+            return fn(*args)
+        start = time.perf_counter()
+        out = fn(*args)
+        compile_times.append(time.perf_counter() - start)
+        self.compiled_programs.add(key)
+        return out
+
+    def _score_ids(self, sequences: Sequence[Sequence[int]], plan: PathPlan, compile_times: list) -> np.ndarray:
+        batches, pack = plan.batches, plan.path.pack
         scores = np.zeros(len(sequences), np.float32)
         bar = self._progress_bar(len(sequences), len(batches))
         pending = None  # one batch in flight: tokens of the next batch are padded while it runs
         with bar:
             for batch in batches:
                 ids, mask = batch_arrays(sequences, batch, self.pad_id)
-                slots, tokens = self._token_slots([len(sequences[i]) for i in batch.indices], batch, left_padded=True)
+                slots, tokens = self._token_slots([len(sequences[i]) for i in batch.indices], batch, True, pack)
                 self.compiled_shapes.add((batch.rows, batch.length, tokens))
-                out = self._score_fn(self.params, *self._place(ids, mask, slots))
+                out = self._run(("whole", batch.rows, batch.length, tokens, pack), compile_times, self._score_fn,
+                                self.params, *self._place(ids, mask, slots))
                 if pending is not None:
                     self._collect(scores, *pending, bar)
                 pending = (batch, out)
@@ -485,15 +494,12 @@ class Reranker:
         return scores
 
     def _score_ids_after_prefixes(
-        self, sequences: Sequence[Sequence[int]], group_of: np.ndarray, batch_size: int
+        self, sequences: Sequence[Sequence[int]], group_of: np.ndarray, plan: PathPlan, compile_times: list
     ) -> np.ndarray:
         """The shared-prefix path: each chunk of query groups has its prefixes prefilled once,
         then every batch of its pairs gathers its rows of that cache and runs only the
         remainders (see plan_prefix_chunks and prorank_jax.score.scores_after_prefix)."""
-        split = shared_prefix_lengths(sequences, group_of)
-        rests = [seq[split[g]:] for seq, g in zip(sequences, group_of)]
-        chunks = plan_prefix_chunks(split, [len(r) for r in rests], group_of, batch_size, self.prefix_buckets,
-                                    self.buckets, self.max_batch_tokens)
+        split, rests, chunks, pack = plan.split, plan.rests, plan.chunks, plan.path.pack
         groups = group_of.tolist()
         first_pair: dict[int, int] = {}
         for i, g in enumerate(groups):
@@ -508,7 +514,8 @@ class Reranker:
                 prefixes += [prefixes[0]] * (chunk.rows - len(prefixes))  # filler rows, never read
                 ids, mask = left_pad(prefixes, chunk.length, self.pad_id)
                 self.compiled_prefix_shapes.add((chunk.rows, chunk.length))
-                cache = fns.prefill(self.params, *self._place(ids, mask))
+                cache = self._run(("prefill", chunk.rows, chunk.length), compile_times, fns.prefill, self.params,
+                                  *self._place(ids, mask))
                 row_of_group = {g: r for r, g in enumerate(chunk.groups.tolist())}
                 for batch in chunk.batches:
                     members = batch.indices.tolist()
@@ -518,10 +525,12 @@ class Reranker:
                     # Filler rows keep one real token only: attention skips their padding
                     # (attention.rowwise_attention) as the packed dense layers skip them whole.
                     rest_lengths[len(batch.indices):] = 1
-                    slots, tokens = self._token_slots([len(rests[i]) for i in batch.indices], batch, left_padded=False)
+                    slots, tokens = self._token_slots([len(rests[i]) for i in batch.indices], batch, False, pack)
                     self.compiled_extend_shapes.add((batch.rows, chunk.length, batch.length, tokens))
                     rows, rest_ids, rest_lengths, slots = self._place(rows, rest_ids, rest_lengths, slots)
-                    out = fns.extend(self.params, fns.take(cache, rows), rest_ids, rest_lengths, slots)
+                    key = ("extend", batch.rows, chunk.length, batch.length, tokens, pack)
+                    out = self._run(key, compile_times, fns.extend, self.params, fns.take(cache, rows), rest_ids,
+                                    rest_lengths, slots)
                     if pending is not None:
                         self._collect(scores, *pending, bar)
                     pending = (batch, out)
@@ -538,12 +547,11 @@ class Reranker:
             return arrays
         return tuple(None if a is None else shd.place_rows(a, mesh) for a in arrays)
 
-    def _token_slots(
-        self, lengths: Sequence[int], batch: Batch, left_padded: bool
-    ) -> tuple[np.ndarray | None, int]:
+    @staticmethod
+    def _token_slots(lengths: Sequence[int], batch: Batch, left_padded: bool, pack: bool) -> tuple[np.ndarray | None, int]:
         """The batch's packed token slots (its real pairs only: filler rows are not run) and
         how many token rows the dense layers run; (None, rows * length) when packing is off."""
-        if not self.pack_tokens:
+        if not pack:
             return None, batch.rows * batch.length
         slots = token_slots(lengths, batch.rows, batch.length, left_padded)
         return slots, len(slots)

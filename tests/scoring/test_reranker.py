@@ -215,9 +215,10 @@ def test_packed_lengths_and_token_slots():
         token_slots([3, 11], 4, 10, left_padded=True)
 
 
-def test_pack_tokens_is_on_by_default_on_cpu_only(reranker):
+def test_pack_tokens_is_decided_per_call_on_cpu_only(reranker):
     assert default_pack_tokens("cpu") and not default_pack_tokens("gpu") and not default_pack_tokens("tpu")
-    assert reranker.pack_tokens == (jax.default_backend() == "cpu")
+    # None: scoring.path_cost picks packed or not per call on CPU; off on accelerators
+    assert reranker.pack_tokens is (None if jax.default_backend() == "cpu" else False)
     with pytest.raises(ValueError, match="pack_tokens must be True, False or None"):
         Reranker(reranker.config, reranker.params, reranker.tokenizer, pack_tokens="yes")
 
@@ -435,8 +436,10 @@ def test_rank_order_is_the_same_with_and_without_prefix_reuse(model_dir, tok):
         rr = Reranker.from_pretrained(folder, batch_size=4, show_progress=False, reuse_prefix=reuse)
         with pytest.warns(TruncationWarning, match=r"1 of 15 documents"):
             results[reuse] = rr.rank(query, documents, top_k=len(documents), instruction=INSTRUCTION)
-        assert bool(rr.compiled_extend_shapes) == (reuse is not False)  # auto reuses in rank()
-        assert len(rr.compiled_prefix_shapes) == (0 if reuse is False else 1)  # one query: one prefill
+        # auto in a fresh process: whole prompts, one program, while the prefix path's
+        # programs would cost more to compile than they save (scoring.path_cost)
+        assert bool(rr.compiled_extend_shapes) == (reuse is True)
+        assert len(rr.compiled_prefix_shapes) == (1 if reuse is True else 0)  # one query: one prefill
     order = [r.index for r in results[False]]
     assert [r.index for r in results[True]] == [r.index for r in results[None]] == order
     assert order == top_k_order(expected, len(expected)).tolist()

@@ -289,6 +289,29 @@ def test_litellm_rerank_providers_at_the_root_and_at_v1(server, reference, fitti
             assert [r["document"]["text"] for r in results] == [FITTING[i] for i in order], where
 
 
+def test_infinity_client_at_the_root_and_at_infinity(server, reference, fitting):
+    """Infinity's own generated client (infinity_client, installed --no-deps from
+    requirements-test-nodeps.txt: it declares httpx<0.28 but runs on the pinned 0.28.1)."""
+    from infinity_client import AuthenticatedClient
+    from infinity_client.api.default import rerank
+    from infinity_client.models import RerankInput
+
+    expected = reference.predict([QUERY] * len(fitting), fitting, normalize=True)
+    order = expected_order(expected, 3)
+    for base, with_documents in (("", False), ("/infinity", True)):
+        with AuthenticatedClient(base_url=server.url + base, token=API_KEY, timeout=60,
+                                 raise_on_unexpected_status=True) as client:
+            answer = rerank.sync(client=client, body=RerankInput(query=QUERY, documents=fitting, top_n=3,
+                                                                 return_documents=with_documents))
+        assert [r.index for r in answer.results] == order, base
+        np.testing.assert_allclose([r.relevance_score for r in answer.results], expected[order], atol=ATOL, rtol=0)
+        if with_documents:  # Infinity's plain-string documents under /infinity
+            assert [r.document for r in answer.results] == [fitting[i] for i in order]
+    with AuthenticatedClient(base_url=server.url + "/infinity", token="wrong", timeout=60) as client:
+        refused = rerank.sync_detailed(client=client, body=RerankInput(query=QUERY, documents=fitting))
+    assert refused.status_code == 401 and refused.parsed is None
+
+
 def test_every_rerank_path_answers_in_the_shape_of_its_body(server, reference, fitting):
     FITTING = fitting
     expected = reference.predict([QUERY] * len(FITTING), FITTING, normalize=True)

@@ -31,6 +31,26 @@ def test_plan_fair_batch_interleaves_a_small_request_behind_a_large_one():
     assert plan_fair_batch([[64], [8] * 10], LADDER)[0][0] == 1
 
 
+def test_plan_fair_batch_grows_with_the_load():
+    # a lone request of 20 pairs in 8-row batches of 16 tokens (LADDER: 256 tokens, 8 rows):
+    # 8 + 8 + 4, no filler row; 5 pairs would leave 3 of 8 rows to filler, so 4 then 1
+    assert LADDER.max_rows(16) == 8
+    sizes, pending = [], [16] * 20
+    while pending:
+        taken, rows, length = plan_fair_batch([pending], LADDER)
+        assert taken[0] == rows and length == 16
+        sizes.append(rows)
+        pending = pending[rows:]
+    assert sizes == [8, 8, 4]
+    assert plan_fair_batch([[16] * 5], LADDER) == ([4], 4, 16)
+    assert plan_fair_batch([[16] * 3], LADDER) == ([3], 4, 16)  # one filler row of 4 is kept
+    # with company the batch fills its rows: two requests of 3 and 2 pairs and one of 6
+    assert plan_fair_batch([[16] * 3, [16] * 2, [16] * 6], LADDER) == ([3, 2, 3], 8, 16)
+    # what goes back is the last taken, and the batch's length follows what stays
+    assert plan_fair_batch([[8]] * 4 + [[32]], LADDER) == ([1, 1, 1, 1, 0], 4, 8)
+    assert plan_fair_batch([[32], [8], [8], [8], [8]], LADDER) == ([1, 1, 1, 1, 0], 4, 32)
+
+
 def test_plan_fair_batch_never_exceeds_the_shape_of_its_longest_pair():
     rng = np.random.RandomState(0)
     for _ in range(200):

@@ -39,6 +39,7 @@ GCS_PACKAGES = "gcsfs==2026.10.1 google-cloud-storage==3.17.2"
 _CHECK_TIMEOUT_S = 30
 _PROBE = ".prorank-write-probe-"
 
+_listing_cache_off = False
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 AnyPath = Union[Path, Any]  # a pathlib.Path or an etils epath.Path (typed loosely: etils is optional at import)
 
@@ -77,10 +78,19 @@ def _no_listing_cache() -> None:
     """gcsfs caches folder listings for the life of a process by default; a bucket folder here is
     written by other clients meanwhile (orbax's tensorstore, other hosts, a resumed run), so a
     cached listing would hide their objects. Applies to the filesystem epath creates too."""
+    global _listing_cache_off
+    if _listing_cache_off:
+        return
     import fsspec.config
 
     for protocol in ("gs", "gcs"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+    # epath keeps the first filesystem it made per protocol for the life of the process; one made
+    # before this setting (epath used directly) would go on serving stale listings.
+    from etils.epath import backend
+
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    _listing_cache_off = True
 
 
 def absolute(path: str | os.PathLike) -> AnyPath:
@@ -99,8 +109,20 @@ def move(src: AnyPath, dst: AnyPath) -> None:
     if not is_remote(src):
         os.replace(src, dst)
         return
+    # Object by object: gcsfs's mv first tries GCS's moveTo call for each object, which
+    # fake-gcs-server does not serve (a 400 logged with a traceback per object before gcsfs falls
+    # back to copy and delete); a failed copy here raises before anything is deleted.
     fs = _fs()
-    fs.mv(_key(src), _key(dst), recursive=True)
+    src_root, dst_root = _key(src).rstrip("/"), _key(dst).rstrip("/")
+    if fs.isfile(src_root):
+        fs.cp_file(src_root, dst_root)
+        fs.rm_file(src_root)
+        return
+    names = files_under(src)
+    for name in names:
+        fs.cp_file(f"{src_root}/{name}", f"{dst_root}/{name}")
+    if names:
+        fs.rm([f"{src_root}/{name}" for name in names])
 
 
 def rmtree(path: AnyPath) -> None:

@@ -9,7 +9,7 @@ only after the last traced step's device work has finished, so that work is in i
 
 jax writes a trace through its own file layer; for an out_dir that is not a local path
 (gs://...) the trace is written to a local temporary folder and then copied file by file
-through etils.epath, so the profile lands beside the run's other files either way.
+through prorank_jax.paths, so the profile lands beside the run's other files either way.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import jax
-from etils import epath
+
+from prorank_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,9 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in str(path)
 
 
-def profile_dir(out_dir: str | os.PathLike, process_index: int, process_count: int) -> epath.Path:
+def profile_dir(out_dir: str | os.PathLike, process_index: int, process_count: int) -> paths.AnyPath:
     """Where a process's trace goes (each TensorBoard run folder of the plugin is one process)."""
-    folder = epath.Path(str(out_dir)) / FOLDER
+    folder = paths.as_path(out_dir) / FOLDER
     return folder if process_count == 1 else folder / f"process_{process_index}"
 
 
@@ -90,11 +92,11 @@ class StepProfiler:
         log.info("profile written to %s", self.target)
 
 
-def copy_tree(local_dir: str, target: epath.Path) -> None:
+def copy_tree(local_dir: str, target: paths.AnyPath) -> None:
     """Every file under local_dir to the same relative path under target (a gs:// folder too)."""
     for root, _, files in os.walk(local_dir):
         for name in files:
             source = os.path.join(root, name)
             dest = target / os.path.relpath(source, local_dir)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(epath.Path(source).read_bytes())
+            dest.write_bytes(Path(source).read_bytes())

@@ -4,7 +4,7 @@ The records are TensorBoard's own: `tensorboard`'s Event / Summary protos, frame
 RecordWriter (TFRecord: length, masked CRC32C, data, CRC), without TensorFlow. What this
 module adds is how the bytes reach storage. Object stores (gs://) cannot append, so an
 event file is never appended to: the writer keeps the encoded records of the current
-file in memory and writes the whole file again at each flush, through etils.epath (a
+file in memory and writes the whole file again at each flush, through prorank_jax.paths (a
 local path or a gs:// URL alike). Every rewrite extends the previous content, so a reader
 tailing the file (TensorBoard remembers its offset) sees the same records plus new ones.
 To bound what one flush rewrites, a file holds at most `rows_per_file` logged rows; the
@@ -20,7 +20,8 @@ import socket
 import time
 from typing import Mapping
 
-from etils import epath
+from prorank_jax import paths
+
 
 
 FOLDER = "tensorboard"
@@ -65,7 +66,7 @@ class ScalarEventWriter:
     def __init__(self, folder: str | os.PathLike, rows_per_file: int = 100, flush_every_s: float = 10.0):
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file={rows_per_file} must be >= 1")
-        self.folder = epath.Path(str(folder))
+        self.folder = paths.as_path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows_per_file = rows_per_file
         self.flush_every_s = flush_every_s
@@ -78,7 +79,7 @@ class ScalarEventWriter:
         self._start_file()
 
     @property
-    def path(self) -> epath.Path:
+    def path(self) -> paths.AnyPath:
         """The event file being written now."""
         return self.folder / f"{self._prefix}.{self._file_number:05d}"
 

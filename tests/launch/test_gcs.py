@@ -141,6 +141,50 @@ def test_a_run_in_a_bucket_killed_with_9_resumes_from_the_bucket_to_the_uninterr
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_step_cut_before_its_commit_is_set_aside_and_saved_again_by_the_resumed_run(emulator, full_run):
+    """The state kill -9 leaves when it lands inside a save (step 4's objects, no commit file),
+    made deterministic: the resumed run sets that folder aside and ends with step 4 saved again."""
+    from prorank_jax import paths
+    from prorank_jax.checkpoint import COMMIT_FILE, scan_steps
+
+    fs, out = paths._fs(), f"gs://{BUCKET}/cut"
+    for name in paths.files_under(full_run):
+        if name.startswith("hf/") or name == f"checkpoints/4/{COMMIT_FILE}":
+            continue
+        fs.cp_file(f"{BUCKET}/full/{name}", f"{BUCKET}/cut/{name}")
+    assert scan_steps(f"{out}/checkpoints")[0] == [2]
+
+    output = run_to_end(emulator, out)
+    assert f"[prorank] resuming {out} from step 2" in output, output[-3000:]
+    assert scan_steps(f"{out}/checkpoints")[0] == [2, 4]
+    for a, b in zip(params_of(out, STEPS), params_of(full_run, STEPS), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+STALE_LISTING = """
+import sys
+from etils import epath
+from google.cloud import storage
+from prorank_jax import paths
+bucket = sys.argv[1]
+blobs = storage.Client.create_anonymous_client().bucket(bucket)
+blobs.blob("late/0/x").upload_from_string("x")
+assert [p.name for p in epath.Path(f"gs://{bucket}/late").iterdir()] == ["0"]  # epath first: its filesystem is made now
+blobs.blob("late/1/x").upload_from_string("x")
+print(sorted(p.name for p in paths.as_path(f"gs://{bucket}/late").iterdir()))
+"""
+
+
+def test_listings_are_fresh_even_when_epath_was_used_before_the_path_layer(emulator):
+    """epath caches its gs filesystem for the process; one made before the path layer turned
+    gcsfs's listing cache off kept serving the listing it first saw (CI: a resumed run's step 4
+    invisible to the test process, which had listed the folder before the resume)."""
+    done = subprocess.run([sys.executable, "-c", STALE_LISTING, BUCKET], cwd=ROOT, env=env(emulator),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['0', '1']"
+
+
 def test_export_to_the_bucket_and_from_pretrained_of_bucket_folders_score_as_their_local_copies(
         emulator, full_run, tmp_path):
     from prorank_jax.export import export_hf

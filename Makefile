@@ -49,7 +49,7 @@ demo: $(RUNTIME)
 
 # Two workers, one test file each at a time (module fixtures are built once): JAX compiles
 # and the Python between steps leave a core idle in one process. The last full run on 2
-# cores (761 tests, clean clone) took 12.7 min (2026-12-07; 21.1 min beside other jobs): see docs/testing.md.
+# cores (850 tests, clean clone) took 13.6 min of pytest, 15.7 min with the install (2026-12-07): see docs/testing.md.
 test: $(TESTS)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 

@@ -196,7 +196,7 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
 
     updates_per_step: optimizer updates per loop step (GRPO's updates per rollout), so the
     learning-rate schedule spans them all and a resumed step count is in updates."""
-    from prorank_jax import checkpoint
+    from prorank_jax import checkpoint, run_folder_io
 
     out_dir = paths.as_path(out_dir)
     paths.check_bucket(out_dir, write=True)  # a missing or refusing bucket fails before the model loads
@@ -218,7 +218,7 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     # Process 0 writes (and checks the model against a resumed folder's); a refusal there is
     # an error on every process instead of the others waiting in the restore's collectives.
     written_by_process_zero(
-        lambda: checkpoint.write_run_metadata(out_dir, resolved_config=resolved_config,
+        lambda: run_folder_io.write_run_metadata(out_dir, resolved_config=resolved_config,
                                               model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
         f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)

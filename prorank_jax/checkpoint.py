@@ -1,4 +1,4 @@
-"""Training checkpoints (orbax) and the run folder around them.
+"""Training checkpoints (orbax) in a run folder (its metadata files: prorank_jax.run_folder_io).
 
 A run folder looks like::
 
@@ -48,12 +48,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from prorank_jax import hf, paths
-from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
-from prorank_jax.files import atomic_text_writer, staged_dir
+from prorank_jax import paths
 from prorank_jax.multihost import allgather_json, any_process, sync_processes
-from prorank_jax.run_folder import (CHECKPOINTS_DIR, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_DIR,
-                                    missing_run_folder_parts)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +86,7 @@ def _step_dirs(directory: Path) -> tuple[dict[int, Path], list[Path]]:
     return steps, sorted(tmps)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
@@ -98,7 +94,7 @@ def _json_item(step_dir: Path, item: str) -> tuple[Any, str | None]:
     """(value, None) of a JsonSave item's file, or (None, why it cannot be read)."""
     path = step_dir / item / JSON_ITEM_FILE
     try:
-        return _read_json(path), None
+        return read_json(path), None
     except FileNotFoundError:
         return None, f"item {item!r} is missing ({path} does not exist)"
     except (OSError, ValueError) as err:
@@ -118,7 +114,7 @@ def step_problem(step_dir: Path) -> str | None:
         if not meta.is_file():
             return f"item {item!r} is missing ({meta} does not exist)"
         try:
-            if "tree_metadata" not in _read_json(meta):
+            if "tree_metadata" not in read_json(meta):
                 return f"item {item!r}: {meta} has no tree_metadata"
         except (OSError, ValueError) as err:
             return f"item {item!r}: {meta} is unreadable ({err})"
@@ -562,85 +558,3 @@ def iterator_state_of_this_process(data_state: Mapping[str, Any] | None, step_di
             f"this run folder (its weights, a fresh data order and optimizer)"
         )
     return states[process_index] or None
-
-
-# ----------------------------------------------------------------------------- run folder
-def _differing_keys(old: Mapping, new: Mapping) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def _write_json_once(path: Path, value: Mapping, *, must_match: bool) -> None:
-    """Write path unless it exists; an existing file is kept (the run's original)."""
-    # A JSON round trip makes tuples lists, so the comparison is like for like.
-    value = json.loads(json.dumps(value))
-    if not path.exists():
-        with atomic_text_writer(path) as f:
-            f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-        return
-    try:
-        old = _read_json(path)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: exists but is not valid JSON ({err})") from None
-    diff = _differing_keys(old, value)
-    if diff and must_match:
-        raise CheckpointError(f"{path}: this run folder was trained with a different model "
-                              f"(fields differ: {diff}); use a new output folder")
-    if diff:
-        log.warning("%s: keeping the run's original config; the resumed run differs in %s", path, diff)
-
-
-def write_run_metadata(out_dir: str | os.PathLike, *, resolved_config: Mapping[str, Any],
-                       model_config: Mapping[str, Any], tokenizer_dir: str | os.PathLike | None) -> None:
-    """Write run_config.json, model_config.json and tokenizer/ into a run folder, once.
-
-    Each file appears atomically (temp file + rename; the tokenizer folder is
-    assembled under a temporary name). On resume the originals are kept: a
-    different model config is an error, a different run config a warning.
-    """
-    out_dir = paths.as_path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_once(out_dir / MODEL_CONFIG_FILE, model_config, must_match=True)
-    _write_json_once(out_dir / RUN_CONFIG_FILE, resolved_config, must_match=False)
-    if tokenizer_dir is not None and not (out_dir / TOKENIZER_DIR).is_dir():
-        _copy_tokenizer(paths.local_folder(tokenizer_dir), out_dir / TOKENIZER_DIR)
-
-
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    with staged_dir(dst) as tmp:
-        if not hf.copy_tokenizer_files(src, tmp):
-            raise CheckpointError(f"{src}: no tokenizer files found (looked for {hf.TOKENIZER_FILES})")
-
-
-def _check_run_folder(run_dir: Path) -> None:
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: run folder does not exist")
-    missing = missing_run_folder_parts(run_dir)
-    if missing:
-        raise CheckpointError(f"{run_dir}: not a prorank run folder (missing {', '.join(missing)})")
-
-
-def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
-                       shardings=None) -> tuple[ModelConfig, Any, Path | None]:
-    """(ModelConfig, params, tokenizer folder or None) of a run folder's checkpoint.
-
-    Only params are read (no optimizer state). step defaults to the latest complete
-    checkpoint. Params land on the first local device unless shardings (a pytree of
-    jax.sharding.Sharding matching the params) says otherwise. param_dtype comes from
-    model_config.json's "dtype"; the compute dtype is left at its default.
-    """
-    from prorank_jax.model import init_params  # the model module is heavy; load it only when needed
-
-    run_dir = paths.as_path(run_dir)
-    _check_run_folder(run_dir)
-    hf_config = _read_json(run_dir / MODEL_CONFIG_FILE)
-    dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
-    config = ModelConfig.from_hf(hf_config, **({"param_dtype": dtype} if dtype in COMPUTE_DTYPES else {}))
-    abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    checkpointer = Checkpointer(run_dir / CHECKPOINTS_DIR, read_only=True)
-    try:
-        restored = checkpointer.restore(step, abstract_params=abstract, param_shardings=shardings)
-    finally:
-        checkpointer.close()
-    tokenizer = run_dir / TOKENIZER_DIR
-    # transformers loads a tokenizer from local files only: a bucket's tokenizer/ is downloaded.
-    return config, restored["params"], paths.local_folder(tokenizer) if tokenizer.is_dir() else None

@@ -79,9 +79,9 @@ def load_pretrained(path: str | Path, step: int | None = None, **overrides: Any)
     path = paths.as_path(path)
     kind = model_folder_kind(path)
     if kind == RUN_FOLDER:
-        from prorank_jax import checkpoint
+        from prorank_jax import run_folder_io
 
-        config, params, tokenizer_dir = checkpoint.load_for_inference(path, step=step)
+        config, params, tokenizer_dir = run_folder_io.load_for_inference(path, step=step)
         if overrides:
             config = config.replace(**overrides)
             params = jax.tree_util.tree_map(lambda x: x.astype(model.dtype_of(config.param_dtype)), params)

@@ -173,7 +173,7 @@ class Reranker:
     """A ProRank / mxbai-rerank-v2 style reranker on JAX (see the module docstring).
 
     Args:
-      config, params: the decoder (prorank_jax.hf.load or checkpoint.load_for_inference).
+      config, params: the decoder (prorank_jax.hf.load or run_folder_io.load_for_inference).
       tokenizer: a transformers tokenizer with the Qwen chat tokens.
       max_length: token budget for query + document, mxbai's max_length (lowered to fit
         the model's max_position_embeddings with the template).

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from launch import cli
-from prorank_jax import checkpoint, hf, model
+from prorank_jax import checkpoint, hf, model, run_folder_io
 from prorank_jax import export as ex
 from prorank_jax.config import ModelConfig
 from prorank_jax.prompts import RerankPrompt, left_pad
@@ -61,7 +61,7 @@ def run_dir(tmp_path_factory):
     run = root / "run"
     resolved = {"model": {"path": BASE_MODEL, "dtype": "float32"}, "grpo": {"group_size": 8},
                 "loop": {"steps": 4}, "out_dir": str(run)}
-    checkpoint.write_run_metadata(run, resolved_config=resolved, model_config=CONFIG.to_hf(), tokenizer_dir=tok)
+    run_folder_io.write_run_metadata(run, resolved_config=resolved, model_config=CONFIG.to_hf(), tokenizer_dir=tok)
     tx = optax.adamw(1e-3)
     with checkpoint.Checkpointer(run / "checkpoints", async_save=False) as ckpt:
         for step, seed in ((2, 1), (4, 0)):
@@ -301,7 +301,7 @@ def test_step_and_bfloat16(run_dir, tmp_path):
     tensors = hf.read_safetensors(out / "model.safetensors")
     assert {str(t.dtype) for t in tensors.values()} == {"bfloat16"}
     # the weights are step 2's, rounded to bfloat16
-    config, params, _ = checkpoint.load_for_inference(run_dir, step=2)
+    config, params, _ = run_folder_io.load_for_inference(run_dir, step=2)
     rounded = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(tensors["model.norm.weight"].dtype), params)
     assert np.array_equal(np.asarray(hf.load(out)[1]["model"]["norm"]["weight"]),
                           np.asarray(rounded["model"]["norm"]["weight"]).astype(np.float32))
@@ -394,7 +394,7 @@ def test_tokenizer_chat_template_is_kept(run_dir, tmp_path, reference):
 
 def test_hf_folder_inside_a_run_gets_the_runs_card(run_dir, tmp_path, reference):
     """`<run>/hf` (the final HF folder both stages save) exports with its run's training facts."""
-    config, params, tokenizer_dir = checkpoint.load_for_inference(run_dir)
+    config, params, tokenizer_dir = run_folder_io.load_for_inference(run_dir)
     hf_dir = hf.save(params, config, run_dir / "hf", tokenizer_dir=tokenizer_dir)
     try:
         out = tmp_path / "from-hf"

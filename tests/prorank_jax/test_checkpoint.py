@@ -1,4 +1,4 @@
-"""prorank_jax.checkpoint: orbax checkpoints, run folders, the save on preemption.
+"""prorank_jax.checkpoint: orbax checkpoints, their damage and fallback, the save on preemption.
 
 Cross-mesh and SIGTERM checks run in subprocesses: the simulated device count is
 fixed when jax is first imported, and a signal test must not hit pytest itself.
@@ -24,8 +24,6 @@ import optax
 import pytest
 
 from prorank_jax import checkpoint as ckpt
-from prorank_jax.config import ModelConfig
-from prorank_jax.model import init_params
 from tests.helpers.env import xla_flags
 
 # When a read fails, orbax closes its asyncio loop while tensorstore's other reads are
@@ -540,60 +538,3 @@ def test_sigterm_mid_run_leaves_a_complete_checkpoint_of_the_current_step(tmp_pa
                               abstract_opt_state={"count": jax.ShapeDtypeStruct((), jnp.int32)})
     np.testing.assert_array_equal(restored["params"]["w"], np.full(4, float(step)))
     assert int(restored["opt_state"]["count"]) == step and restored["data_state"] == {"step": step}
-
-
-# ----------------------------------------------------------------------------- run folder
-def _tiny():
-    return ModelConfig.from_hf(TINY_CONFIG)
-
-
-def test_write_run_metadata_and_load_for_inference(tmp_path):
-    config = _tiny()
-    rs = np.random.default_rng(3)
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rs.standard_normal(a.shape), a.dtype),
-                                    jax.eval_shape(lambda: init_params(config, jax.random.key(3))))
-    run = tmp_path / "run"
-    resolved = {"loop": {"steps": 10}, "model": {"config": "bundled"}}
-    ckpt.write_run_metadata(run, resolved_config=resolved, model_config=config.to_hf(),
-                            tokenizer_dir=BUNDLED / "tokenizer")
-    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json", "tokenizer"]
-    assert json.loads((run / "run_config.json").read_text()) == resolved
-    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
-    tx = optax.adamw(1e-3)
-    with ckpt.Checkpointer(run / "checkpoints") as c:
-        c.save(4, params=params, opt_state=tx.init(params), rng=jax.random.key(0), data_state={})
-        later = jax.tree_util.tree_map(lambda x: x + 1, params)
-        c.save(8, params=later, opt_state=tx.init(params), rng=jax.random.key(0), data_state={})
-
-    loaded_config, loaded, tokenizer_dir = ckpt.load_for_inference(run)
-    assert loaded_config == config
-    _assert_trees_equal(loaded, later)
-    assert tokenizer_dir == run / "tokenizer"
-    _, at4, _ = ckpt.load_for_inference(run, step=4)
-    _assert_trees_equal(at4, params)
-
-
-def test_run_metadata_is_written_once(tmp_path, caplog):
-    config = _tiny()
-    run = tmp_path / "run"
-    ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=None)
-    with caplog.at_level(logging.WARNING, logger="prorank_jax.checkpoint"):
-        ckpt.write_run_metadata(run, resolved_config={"lr": 2}, model_config=config.to_hf(), tokenizer_dir=None)
-    assert "lr" in caplog.text
-    assert json.loads((run / "run_config.json").read_text()) == {"lr": 1}
-    other = config.replace(num_hidden_layers=3).to_hf()
-    with pytest.raises(ckpt.CheckpointError, match=r"model_config.json.*num_hidden_layers"):
-        ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=other, tokenizer_dir=None)
-    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]  # no temp files left
-    with pytest.raises(ckpt.CheckpointError, match="no tokenizer files"):
-        ckpt.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=tmp_path)
-    assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]
-
-
-def test_load_for_inference_names_what_is_missing(tmp_path):
-    (tmp_path / "run_config.json").write_text("{}")
-    expected = r"not a prorank run folder \(missing model_config.json, checkpoints/\)"
-    with pytest.raises(ckpt.CheckpointError, match=expected):
-        ckpt.load_for_inference(tmp_path)
-    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
-        ckpt.load_for_inference(tmp_path / "nope")

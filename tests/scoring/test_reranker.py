@@ -355,17 +355,18 @@ def test_config_need_not_be_hashable(reranker):
 
 
 def test_run_folder_is_loaded_through_checkpoint_module(model_dir, tmp_path):
-    from prorank_jax import checkpoint
+    from prorank_jax import checkpoint, run_folder_io
+    from prorank_jax.run_folder import CHECKPOINTS_DIR
     import jax
 
     from prorank_jax import hf
 
     config, params = hf.load(model_dir[0])
     run_dir = tmp_path / "run"
-    checkpoint.write_run_metadata(run_dir, resolved_config={"note": "test"}, model_config=config.to_hf(),
+    run_folder_io.write_run_metadata(run_dir, resolved_config={"note": "test"}, model_config=config.to_hf(),
                                   tokenizer_dir=model_dir[0])
     shifted = jax.tree_util.tree_map(lambda x: x * 1.5, params)
-    with checkpoint.Checkpointer(run_dir / checkpoint.CHECKPOINTS_DIR, async_save=False) as ckpt:
+    with checkpoint.Checkpointer(run_dir / CHECKPOINTS_DIR, async_save=False) as ckpt:
         for step, p in ((1, params), (2, shifted)):
             ckpt.save(step, params=p, opt_state={"count": np.zeros((), np.int32)}, rng=jax.random.key(0),
                       data_state=None)

@@ -219,7 +219,7 @@ def start_run(*, out_dir: str | os.PathLike, model_source: ModelSource, optimize
     # an error on every process instead of the others waiting in the restore's collectives.
     written_by_process_zero(
         lambda: run_folder_io.write_run_metadata(out_dir, resolved_config=resolved_config,
-                                              model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
+                                                 model_config=config.to_hf(), tokenizer_dir=tokenizer_dir),
         f"the run metadata (run_config.json, model_config.json, tokenizer/) in {out_dir}")
     base_rng = jax.random.key(loop.seed)
     # The steps every process can read, agreed before any of them restores one (a step damaged

@@ -86,7 +86,7 @@ def _step_dirs(directory: Path) -> tuple[dict[int, Path], list[Path]]:
     return steps, sorted(tmps)
 
 
-def read_json(path: Path) -> Any:
+def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
@@ -94,7 +94,7 @@ def _json_item(step_dir: Path, item: str) -> tuple[Any, str | None]:
     """(value, None) of a JsonSave item's file, or (None, why it cannot be read)."""
     path = step_dir / item / JSON_ITEM_FILE
     try:
-        return read_json(path), None
+        return _read_json(path), None
     except FileNotFoundError:
         return None, f"item {item!r} is missing ({path} does not exist)"
     except (OSError, ValueError) as err:
@@ -114,7 +114,7 @@ def step_problem(step_dir: Path) -> str | None:
         if not meta.is_file():
             return f"item {item!r} is missing ({meta} does not exist)"
         try:
-            if "tree_metadata" not in read_json(meta):
+            if "tree_metadata" not in _read_json(meta):
                 return f"item {item!r}: {meta} has no tree_metadata"
         except (OSError, ValueError) as err:
             return f"item {item!r}: {meta} is unreadable ({err})"

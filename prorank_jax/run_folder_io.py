@@ -13,13 +13,20 @@ from typing import Any, Mapping
 import jax
 
 from prorank_jax import hf, paths
-from prorank_jax.checkpoint import Checkpointer, CheckpointError, read_json
+from prorank_jax.checkpoint import Checkpointer, CheckpointError
 from prorank_jax.config import COMPUTE_DTYPES, ModelConfig
 from prorank_jax.files import atomic_text_writer, staged_dir
 from prorank_jax.run_folder import (CHECKPOINTS_DIR, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_DIR,
                                     missing_run_folder_parts)
 
 log = logging.getLogger(__name__)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path}: exists but is not valid JSON ({err})") from None
 
 
 def _differing_keys(old: Mapping, new: Mapping) -> list[str]:
@@ -34,10 +41,7 @@ def _write_json_once(path: Path, value: Mapping, *, must_match: bool) -> None:
         with atomic_text_writer(path) as f:
             f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
         return
-    try:
-        old = read_json(path)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: exists but is not valid JSON ({err})") from None
+    old = _read_json(path)
     diff = _differing_keys(old, value)
     if diff and must_match:
         raise CheckpointError(f"{path}: this run folder was trained with a different model "
@@ -50,8 +54,8 @@ def write_run_metadata(out_dir: str | os.PathLike, *, resolved_config: Mapping[s
                        model_config: Mapping[str, Any], tokenizer_dir: str | os.PathLike | None) -> None:
     """Write run_config.json, model_config.json and tokenizer/ into a run folder, once.
 
-    Each file appears atomically (temp file + rename; the tokenizer folder is
-    assembled under a temporary name). On resume the originals are kept: a
+    Each file appears whole (files.atomic_text_writer and staged_dir: a rename on local
+    disk, one object or a marker deleted last in a bucket). On resume the originals are kept: a
     different model config is an error, a different run config a warning.
     """
     out_dir = paths.as_path(out_dir)
@@ -89,7 +93,7 @@ def load_for_inference(run_dir: str | os.PathLike, step: int | None = None, *,
 
     run_dir = paths.as_path(run_dir)
     _check_run_folder(run_dir)
-    hf_config = read_json(run_dir / MODEL_CONFIG_FILE)
+    hf_config = _read_json(run_dir / MODEL_CONFIG_FILE)
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
     config = ModelConfig.from_hf(hf_config, **({"param_dtype": dtype} if dtype in COMPUTE_DTYPES else {}))
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))

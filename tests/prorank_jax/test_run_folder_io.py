@@ -26,6 +26,7 @@ def _assert_trees_equal(a, b):
         assert x.dtype == y.dtype and x.shape == y.shape
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
+
 def _tiny():
     return ModelConfig.from_hf(TINY_CONFIG)
 
@@ -38,7 +39,7 @@ def test_write_run_metadata_and_load_for_inference(tmp_path):
     run = tmp_path / "run"
     resolved = {"loop": {"steps": 10}, "model": {"config": "bundled"}}
     run_folder_io.write_run_metadata(run, resolved_config=resolved, model_config=config.to_hf(),
-                            tokenizer_dir=BUNDLED / "tokenizer")
+                                     tokenizer_dir=BUNDLED / "tokenizer")
     assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json", "tokenizer"]
     assert json.loads((run / "run_config.json").read_text()) == resolved
     assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
@@ -59,9 +60,10 @@ def test_write_run_metadata_and_load_for_inference(tmp_path):
 def test_run_metadata_is_written_once(tmp_path, caplog):
     config = _tiny()
     run = tmp_path / "run"
-    run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=None)
+    model_config = config.to_hf()
+    run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=model_config, tokenizer_dir=None)
     with caplog.at_level(logging.WARNING, logger="prorank_jax.run_folder_io"):
-        run_folder_io.write_run_metadata(run, resolved_config={"lr": 2}, model_config=config.to_hf(), tokenizer_dir=None)
+        run_folder_io.write_run_metadata(run, resolved_config={"lr": 2}, model_config=model_config, tokenizer_dir=None)
     assert "lr" in caplog.text
     assert json.loads((run / "run_config.json").read_text()) == {"lr": 1}
     other = config.replace(num_hidden_layers=3).to_hf()
@@ -69,7 +71,8 @@ def test_run_metadata_is_written_once(tmp_path, caplog):
         run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=other, tokenizer_dir=None)
     assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]  # no temp files left
     with pytest.raises(ckpt.CheckpointError, match="no tokenizer files"):
-        run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=config.to_hf(), tokenizer_dir=tmp_path)
+        run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=model_config,
+                                         tokenizer_dir=tmp_path)
     assert sorted(p.name for p in run.iterdir()) == ["model_config.json", "run_config.json"]
 
 
@@ -80,3 +83,16 @@ def test_load_for_inference_names_what_is_missing(tmp_path):
         run_folder_io.load_for_inference(tmp_path)
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         run_folder_io.load_for_inference(tmp_path / "nope")
+
+
+def test_a_damaged_model_config_is_an_error_naming_the_file(tmp_path):
+    run = tmp_path / "run"
+    run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=_tiny().to_hf(), tokenizer_dir=None)
+    (run / "checkpoints").mkdir()
+    (run / "model_config.json").write_text('{"hidden_size": 8,')  # cut short, as by a full disk
+    expected = r"model_config.json: exists but is not valid JSON"
+    with pytest.raises(ckpt.CheckpointError, match=expected):
+        run_folder_io.load_for_inference(run)
+    with pytest.raises(ckpt.CheckpointError, match=expected):  # a resume into the folder says the same
+        run_folder_io.write_run_metadata(run, resolved_config={"lr": 1}, model_config=_tiny().to_hf(),
+                                         tokenizer_dir=None)

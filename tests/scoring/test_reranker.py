@@ -364,7 +364,7 @@ def test_run_folder_is_loaded_through_checkpoint_module(model_dir, tmp_path):
     config, params = hf.load(model_dir[0])
     run_dir = tmp_path / "run"
     run_folder_io.write_run_metadata(run_dir, resolved_config={"note": "test"}, model_config=config.to_hf(),
-                                  tokenizer_dir=model_dir[0])
+                                     tokenizer_dir=model_dir[0])
     shifted = jax.tree_util.tree_map(lambda x: x * 1.5, params)
     with checkpoint.Checkpointer(run_dir / CHECKPOINTS_DIR, async_save=False) as ckpt:
         for step, p in ((1, params), (2, shifted)):
